@@ -1,0 +1,219 @@
+"""The ``workbook`` command.
+
+argparse (standard library) rather than click/typer: no extra dependency, no import cost, and
+the handful of sub-commands need nothing more. Heavy modules (psycopg, pandas, altair ...) are
+imported inside the commands that use them, so ``workbook status`` starts fast.
+
+Errors the workbook raises on purpose print as one line ``error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import WorkbookError
+
+EXIT_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="workbook",
+        description="The AI-app database optimization workbook: a real PostgreSQL to measure on.",
+    )
+    p.add_argument("--home", help="workbook home (cluster, results); default $WORKBOOK_HOME or ./.workbook")
+    p.add_argument("--dsn", default=os.environ.get("WORKBOOK_DSN"),
+                   help="use your own PostgreSQL (primary DSN) instead of the local cluster; or $WORKBOOK_DSN")
+    p.add_argument("--replica-dsn", action="append", default=None, metavar="DSN",
+                   help="a read replica of --dsn (repeatable); or $WORKBOOK_REPLICA_DSNS, space-separated")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the workbook write/DDL on the --dsn target (it is read-only by default)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    up = sub.add_parser("up", help="start (or create) the local cluster")
+    up.add_argument("--replicas", type=int, default=None, help="grow or shrink to N streaming replicas")
+    up.add_argument("--port", type=int, default=None, help="primary's TCP port when creating (default: first free from 54320)")
+
+    st = sub.add_parser("status", help="each node's role, pid, port, state and replication lag")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    down = sub.add_parser("down", help="stop every node of the local cluster")
+    down.add_argument("--destroy", action="store_true", help="also delete its data, state and password")
+
+    ps = sub.add_parser("psql", help="an interactive psql on a node")
+    ps.add_argument("--node", default="primary", help="node name (see status); default primary")
+    ps.epilog = "Other arguments are passed to psql, e.g. workbook psql -c 'select 1'."
+
+    lab = sub.add_parser("lab", help="start the cluster and JupyterLab on the notebooks")
+    lab.add_argument("--replicas", type=int, default=None)
+    lab.add_argument("--notebooks", default=None, help="folder to open (default ./notebooks)")
+    lab.add_argument("--no-browser", action="store_true")
+    lab.add_argument("--lab-port", type=int, default=None, help="JupyterLab's port")
+    return p
+
+
+def _external_target(args: argparse.Namespace) -> Any:
+    if not args.dsn:
+        if args.replica_dsn:
+            raise WorkbookError("--replica-dsn needs --dsn (the primary) as well")
+        return None
+    from .cluster import Target
+
+    replicas = args.replica_dsn
+    if replicas is None:
+        replicas = os.environ.get("WORKBOOK_REPLICA_DSNS", "").split()
+    return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes)
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from .cluster import LocalCluster
+
+    return LocalCluster(args.home, port=getattr(args, "port", None))
+
+
+def _print_status(nodes: list[Any], as_json: bool, kind: str) -> None:
+    if as_json:
+        print(json.dumps({"target": kind, "nodes": [n.as_dict() for n in nodes]}, indent=2))
+        return
+    header = ("NAME", "ROLE", "PID", "PORT", "STATE", "LAG_BYTES", "LAG_SECONDS")
+    rows = [header] + [
+        (n.name, n.role, "-" if n.pid is None else str(n.pid), str(n.port), n.state,
+         "-" if n.lag_bytes is None else str(n.lag_bytes),
+         "-" if n.lag_seconds is None else f"{n.lag_seconds:.3f}")
+        for n in nodes
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _local_only(command: str) -> WorkbookError:
+    return WorkbookError(
+        f"'workbook {command}' manages the local cluster; with --dsn/WORKBOOK_DSN your own server is "
+        "used as it is (nothing to start or stop): drop --dsn, or unset WORKBOOK_DSN"
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if _external_target(args) is not None:
+        raise _local_only("up")
+    cluster = _cluster(args)
+    nodes = cluster.up(replicas=args.replicas)
+    _print_status(nodes, False, "local")
+    print(f"\ncluster home: {cluster.home}  (stop it with: workbook down)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    target = _external_target(args)
+    if target is not None:
+        _print_status(target.status(), args.json, "external")
+        return 0
+    _print_status(_cluster(args).status(), args.json, "local")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if _external_target(args) is not None:
+        raise _local_only("down")
+    cluster = _cluster(args)
+    if not cluster.home.exists():
+        print(f"no workbook cluster in {cluster.home}; nothing to stop")
+        return 0
+    if args.destroy:
+        cluster.destroy()
+        print(f"stopped and deleted the cluster in {cluster.home}")
+    else:
+        cluster.stop()
+        print(f"stopped the cluster in {cluster.home} (data kept; 'workbook up' starts it again)")
+    return 0
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    from .cluster.target import dsn_params
+
+    target = _external_target(args)
+    if target is None:
+        cluster = _cluster(args)
+        dsn = cluster.dsn(None if args.node == "primary" else args.node)
+        psql = _psql_binary(cluster.bins.bindir)
+    else:
+        dsn = target.endpoint(args.node).dsn
+        from .cluster import PgBinaries
+
+        psql = _psql_binary(PgBinaries.locate().bindir)
+    params = dsn_params(dsn)
+    env = dict(os.environ)
+    if params.pop("password", None):
+        env["PGPASSWORD"] = dsn_params(dsn)["password"]  # never on the command line (ps shows it)
+    if target is not None and not target.allow_writes:
+        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c default_transaction_read_only=on").strip()
+    from psycopg.conninfo import make_conninfo
+
+    extra = [a for a in args.psql_args if a != "--"]
+    argv = [psql, make_conninfo(**params), *extra]
+    sys.stdout.flush()
+    os.execve(psql, argv, env)
+    return 0  # not reached
+
+
+def _psql_binary(bundled: Path) -> str:
+    """The bundled psql is built without readline; a system psql of the same major or newer
+    gives line editing and history. ``WORKBOOK_PSQL`` picks one explicitly."""
+    if os.environ.get("WORKBOOK_PSQL"):
+        return os.environ["WORKBOOK_PSQL"]
+    return str(bundled / "psql")
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    if _external_target(args) is not None:
+        os.environ["WORKBOOK_DSN"] = args.dsn
+    else:
+        cluster = _cluster(args)
+        nodes = cluster.up(replicas=args.replicas)
+        _print_status(nodes, False, "local")
+        os.environ["WORKBOOK_HOME"] = str(cluster.home)  # kernels attach to this cluster
+    folder = Path(args.notebooks or "notebooks")
+    if not folder.is_dir():
+        raise WorkbookError(f"no notebooks folder at {str(folder.absolute())!r}; run from the repository or pass --notebooks")
+    jupyter = shutil.which("jupyter")
+    if jupyter is None:
+        raise WorkbookError("jupyter is not installed in this environment; pip install jupyterlab")
+    argv = [jupyter, "lab", f"--ServerApp.root_dir={folder.absolute()}"]
+    if args.no_browser:
+        argv.append("--no-browser")
+    if args.lab_port:
+        argv.append(f"--port={args.lab_port}")
+    sys.stdout.flush()
+    os.execv(jupyter, argv)
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "psql": cmd_psql, "lab": cmd_lab}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "psql":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.psql_args = extra
+    try:
+        return COMMANDS[args.command](args)
+    except WorkbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,672 @@
+"""LocalCluster: an embedded PostgreSQL primary plus streaming read replicas under one home.
+
+Layout of the home directory (default ``./.workbook``, else ``--home`` / ``WORKBOOK_HOME``)::
+
+    cluster.json          topology: nodes (name, role, port, slot), sync-commit mode, binaries
+    secrets/password      the superuser's generated password (0600, never printed)
+    nodes/<name>/data     each node's data directory; nodes/<name>/postgres.log its log
+    run/                  unix sockets (or a short path under /tmp when the home's path is too long)
+    .lock                 serialises changes made by several processes (two notebooks, the CLI)
+
+Everything is re-read from disk, so a new process (a restarted kernel, ``workbook down`` from a
+shell) attaches to the running cluster rather than starting a second one. Every change is
+all-or-nothing: a replica that fails to build leaves no directory, slot or state entry behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from ..errors import ClusterError, UnknownNode
+from ._binaries import PgBinaries
+from ._node import Node, free_port, port_is_free
+from ._osuser import RunAs
+from ._probe import REPLAY_LAG_SQL, NodeStatus, parse_lsn, probe, replica_lag, replica_state
+from ._wait import wait_until
+from .target import Endpoint, Target
+
+SUPERUSER = "postgres"
+DATABASE = "workbook"
+DEFAULT_PORT = 54320
+STATE_VERSION = 1
+
+SyncMode = Literal["off", "async", "remote_write", "on", "remote_apply"]
+SYNC_MODES: tuple[str, ...] = ("off", "async", "remote_write", "on", "remote_apply")
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("WORKBOOK_HOME") or ".workbook").expanduser().absolute()
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    role: str  # "primary" | "replica"
+    port: int
+    slot: str | None = None
+
+
+class LocalCluster:
+    """A primary and zero or more streaming replicas, started from the embedded binaries."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        pg_bin: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.home = Path(home).expanduser().absolute() if home is not None else default_home()
+        self._pg_bin = pg_bin
+        self._port = port if port is not None else _env_port()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._bins: PgBinaries | None = None
+        self._run_as: RunAs | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalCluster(home={str(self.home)!r})"
+
+    # ---- files ---------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.home / "cluster.json"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / "secrets" / "password"
+
+    @property
+    def initialized(self) -> bool:
+        return self.state_file.exists()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise ClusterError(
+                f"no workbook cluster in {str(self.home)!r}; start one with 'workbook up'"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ClusterError(
+                f"{str(self.state_file)!r} is corrupt ({exc}); 'workbook down --destroy' and start again"
+            ) from None
+        return state
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    def _specs(self, state: dict[str, Any] | None = None) -> list[NodeSpec]:
+        state = state if state is not None else self._load()
+        return [NodeSpec(**n) for n in state["nodes"]]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive, re-entrant (within this object) lock on the home directory."""
+        if self._lock_depth == 0:
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # ---- binaries, user, nodes -----------------------------------------------------------
+    @property
+    def run_as(self) -> RunAs:
+        if self._run_as is None:
+            self._run_as = RunAs.for_current_process()
+        return self._run_as
+
+    @property
+    def bins(self) -> PgBinaries:
+        if self._bins is None:
+            pg_bin = self._pg_bin
+            if pg_bin is None and self.initialized and "WORKBOOK_PG_BIN" not in os.environ:
+                pg_bin = self._load().get("pg_bin_override")
+            bins = PgBinaries.locate(pg_bin)
+            if self.run_as.drops_privileges:
+                bins = bins.readable_copy(self.home / "pg", self.run_as)
+            self._bins = bins
+        return self._bins
+
+    def _socket_dir(self) -> Path:
+        d = self.home / "run"
+        if len(str(d / ".s.PGSQL.65535")) > 100:  # unix socket paths are limited to ~107 bytes
+            digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+            d = Path("/tmp") / f"workbook-{os.getuid()}-{digest}"
+        return d
+
+    def _node(self, spec: NodeSpec) -> Node:
+        return Node(
+            name=spec.name, port=spec.port, root=self.home / "nodes" / spec.name,
+            bins=self.bins, run_as=self.run_as, socket_dir=self._socket_dir(),
+        )
+
+    def _spec(self, name: str, state: dict[str, Any] | None = None) -> NodeSpec:
+        specs = self._specs(state)
+        for s in specs:
+            if s.name == name:
+                return s
+        raise UnknownNode(
+            f"no node {name!r} in the cluster at {str(self.home)!r}; nodes: {', '.join(s.name for s in specs)} "
+            "(see 'workbook status')"
+        )
+
+    def _primary_spec(self, state: dict[str, Any] | None = None) -> NodeSpec:
+        return next(s for s in self._specs(state) if s.role == "primary")
+
+    def _password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def dsn(self, node: str | None = None, *, dbname: str = DATABASE) -> str:
+        """A DSN (with the password) for ``node`` (default: the current primary)."""
+        spec = self._spec(node) if node else self._primary_spec()
+        return self._dsn_of(spec, dbname=dbname)
+
+    def _dsn_of(self, spec: NodeSpec, *, dbname: str = DATABASE) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(host="127.0.0.1", port=str(spec.port), user=SUPERUSER,
+                             password=self._password(), dbname=dbname)
+
+    def target(self) -> Target:
+        """The cluster as a Target: primary + running replicas, writes allowed."""
+        specs = self._specs()
+        prim = next(s for s in specs if s.role == "primary")
+        return Target(
+            primary=Endpoint(prim.name, self.dsn(prim.name)),
+            replicas=tuple(Endpoint(s.name, self.dsn(s.name)) for s in specs if s.role == "replica"),
+            allow_writes=True,
+            kind="local",
+        )
+
+    def _connect(self, node: str | NodeSpec, *, dbname: str = DATABASE, timeout: int = 5) -> Any:
+        import psycopg
+
+        spec = node if isinstance(node, NodeSpec) else self._spec(node)
+        return psycopg.connect(self._dsn_of(spec, dbname=dbname), autocommit=True, connect_timeout=timeout,
+                               application_name="workbook-admin")
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def up(self, replicas: int | None = None) -> list[NodeStatus]:
+        """Create the cluster if needed, start every node, heal broken replicas, and (if given)
+        grow or shrink to ``replicas`` replicas. Safe to call again at any time."""
+        home_existed = self.home.exists()
+        try:
+            return self._up(replicas)
+        except BaseException:
+            if not home_existed and not self.initialized:  # leave no trace of a failed first start
+                shutil.rmtree(self.home, ignore_errors=True)
+            raise
+
+    def _up(self, replicas: int | None) -> list[NodeStatus]:
+        with self._locked():
+            if not self.initialized:
+                self._create_primary()
+            state = self._load()
+            prim = self._primary_spec(state)
+            node = self._node(prim)
+            if not node.exists:
+                raise ClusterError(
+                    f"the primary's data directory {str(node.datadir)!r} is missing; "
+                    "'workbook down --destroy' then 'workbook up' to start afresh"
+                )
+            node.start()
+            for spec in [s for s in self._specs(state) if s.role == "replica"]:
+                self._heal_replica(spec)
+            if replicas is not None:
+                if replicas < 0:
+                    raise ClusterError(f"replica count must be >= 0, not {replicas}")
+                current = [s.name for s in self._specs() if s.role == "replica"]
+                for _ in range(replicas - len(current)):
+                    self.add_replica()
+                for name in reversed(current[replicas:] if replicas < len(current) else []):
+                    self.remove_replica(name)
+        return self.status()
+
+    def _create_primary(self) -> None:
+        bins = self.bins  # validates binaries before anything is created
+        taken: set[int] = set()
+        if self._port is not None:
+            port = self._port
+            if not port_is_free(port):
+                raise ClusterError(
+                    f"port {port} on 127.0.0.1 is taken by another process; choose another with --port "
+                    "(or WORKBOOK_PORT), or leave it out to pick a free one"
+                )
+        else:
+            port = free_port(DEFAULT_PORT, taken)
+        created_home = not (self.home / "nodes").exists()
+        try:
+            self.run_as.make_dir(self.home / "nodes", 0o755)
+            self.run_as.make_dir(self._socket_dir(), 0o755)
+            if self.run_as.drops_privileges and not self.run_as.can_write(self.home / "nodes"):
+                raise ClusterError(
+                    f"running as root, the server runs as {self.run_as.name!r}, which cannot reach "
+                    f"{str(self.home)!r} (a parent directory is not traversable by others); "
+                    "choose a --home (WORKBOOK_HOME) under a world-traversable directory such as /var/tmp"
+                )
+            secrets_dir = self.home / "secrets"
+            secrets_dir.mkdir(mode=0o700, exist_ok=True)
+            password = secrets.token_urlsafe(24)
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            spec = NodeSpec(name="primary", role="primary", port=port)
+            node = self._node(spec)
+            node.initdb(SUPERUSER, password)
+            self._save({
+                "version": STATE_VERSION,
+                "pg_version": bins.version,
+                "pg_bin_override": str(self._pg_bin) if self._pg_bin else os.environ.get("WORKBOOK_PG_BIN"),
+                "superuser": SUPERUSER,
+                "database": DATABASE,
+                "sync": {"mode": "async", "standbys": 0},
+                "nodes": [asdict(spec)],
+            })
+            node.start()
+            with self._connect(spec, dbname="postgres") as conn:
+                from psycopg import sql
+
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            with self._connect(spec) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        except BaseException:
+            node_root = self.home / "nodes" / "primary"
+            if (node_root / "data").exists():
+                self._bare_node("primary").kill()
+            shutil.rmtree(node_root, ignore_errors=True)
+            self.state_file.unlink(missing_ok=True)
+            if created_home:
+                for p in ("nodes", "secrets", "run", "pg"):
+                    shutil.rmtree(self.home / p, ignore_errors=True)
+            raise
+
+    def stop(self) -> None:
+        """Stop every node (replicas first); data stays for the next ``up``.
+
+        Works from the data directories alone: no binaries, no live Python parent needed, and a
+        node missing from ``cluster.json`` (a crash between two steps) is stopped all the same.
+        """
+        with self._locked():
+            roots = sorted((self.home / "nodes").glob("*/data"))
+            primary = self._primary_spec().name if self.initialized else None
+            for datadir in sorted(roots, key=lambda d: d.parent.name == primary):
+                self._bare_node(datadir.parent.name).stop()
+
+    def _bare_node(self, name: str) -> Node:
+        """A node handle good for stopping and inspecting (no binaries needed)."""
+        return Node(name=name, port=0, root=self.home / "nodes" / name, bins=None,
+                    run_as=self.run_as, socket_dir=self._socket_dir())
+
+    def destroy(self) -> None:
+        """Stop every node and delete the whole home directory (data, secrets, state)."""
+        with self._locked():
+            self.stop()
+            sock = self._socket_dir()
+            if sock.parent == Path("/tmp"):
+                shutil.rmtree(sock, ignore_errors=True)
+            for child in list(self.home.iterdir()):
+                if child.name == ".lock":
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        with contextlib.suppress(OSError):
+            (self.home / ".lock").unlink()
+            self.home.rmdir()
+
+    def pids(self) -> dict[str, list[int]]:
+        """Every live process (postmaster and children) of every node, by node name."""
+        from . import _procs
+
+        out: dict[str, list[int]] = {}
+        for datadir in sorted((self.home / "nodes").glob("*/data")):
+            out[datadir.parent.name] = [p.pid for p in _procs.processes_in(datadir)]
+        return out
+
+    # ---- replicas ------------------------------------------------------------------------
+    def add_replica(self, name: str | None = None, *, timeout: float = 120.0) -> NodeStatus:
+        """Add a streaming replica (pg_basebackup with its own slot, ``-R``) and wait until it streams.
+
+        With the name of an existing replica that is down or broken, heal it instead: restart it,
+        or rebuild it from the primary when its WAL is gone. Idempotent for a healthy replica.
+        """
+        with self._locked():
+            state = self._load()
+            names = {s.name for s in self._specs(state)}
+            if name is not None and name in names:
+                spec = self._spec(name, state)
+                if spec.role != "replica":
+                    raise ClusterError(f"node {name!r} is the primary, not a replica")
+                self._heal_replica(spec)
+                return self._status_of(name)
+            if name is None:
+                i = 1
+                while f"replica{i}" in names or (self.home / "nodes" / f"replica{i}").exists():
+                    i += 1
+                name = f"replica{i}"
+            elif not name.replace("_", "").isalnum() or not name[0].isalpha() or len(name) > 40:
+                raise ClusterError(f"bad replica name {name!r}: use letters, digits and '_' (e.g. 'replica3')")
+            taken = {s.port for s in self._specs(state)}
+            port = free_port(max(taken) + 1, taken)
+            spec = NodeSpec(name=name, role="replica", port=port, slot=f"wb_{name}")
+            self._build_replica(spec, timeout=timeout)
+            state["nodes"].append(asdict(spec))
+            self._save(state)
+        return self._status_of(name)
+
+    def _build_replica(self, spec: NodeSpec, *, timeout: float) -> None:
+        prim = self._primary_spec()
+        node = self._node(spec)
+        node.kill()
+        shutil.rmtree(node.root, ignore_errors=True)
+        self._drop_slot(spec.slot)
+        try:
+            self.run_as.make_dir(node.root)
+            env = dict(os.environ, PGPASSWORD=self._password(), PGAPPNAME=spec.name)
+            res = self.run_as.run(
+                [
+                    self.bins.exe("pg_basebackup"), "-h", "127.0.0.1", "-p", str(prim.port),
+                    "-U", SUPERUSER, "-D", str(node.datadir), "-R", "-X", "stream", "-c", "fast",
+                    "-C", "-S", str(spec.slot), "--no-password",
+                ],
+                env=env, timeout=timeout,
+            )
+            if res.returncode != 0:
+                raise ClusterError(
+                    f"pg_basebackup for replica {spec.name!r} failed: {' '.join(res.stderr.split())[-300:]}"
+                )
+            node.write_conf()
+            node.start(timeout=timeout)
+            self._wait_streaming(spec, timeout=timeout)
+        except BaseException:
+            node.kill()
+            shutil.rmtree(node.root, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                self._drop_slot(spec.slot)
+            raise
+
+    def _heal_replica(self, spec: NodeSpec) -> None:
+        node = self._node(spec)
+        if node.exists:
+            try:
+                node.start()
+                self._wait_streaming(spec, timeout=30)
+                return
+            except ClusterError:
+                node.kill()
+        # unrecoverable (no data dir, WAL gone, cannot start): rebuild from the primary
+        self._build_replica(spec, timeout=120)
+
+    def _wait_streaming(self, spec: NodeSpec, *, timeout: float) -> None:
+        def streaming() -> bool:
+            with self._connect(spec, timeout=2) as conn:
+                row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+                return bool(row and row[0] == "streaming")
+
+        wait_until(streaming, timeout=timeout, what=f"replica {spec.name!r} to stream from the primary")
+
+    def _drop_slot(self, slot: str | None) -> None:
+        if not slot:
+            return
+        prim = self._primary_spec()
+        if not self._bare_node(prim.name).running:
+            return
+        with self._connect(prim.name) as conn:
+            for _ in range(50):  # a walsender may still hold the slot for a moment
+                row = conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
+                if row is None:
+                    return
+                if row[0] is None:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    return
+                conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                time.sleep(0.05)
+            raise ClusterError(f"replication slot {slot!r} stays in use; stop its replica first")
+
+    def remove_replica(self, name: str | None = None) -> None:
+        """Stop a replica, delete its data and drop its slot (default: the newest replica)."""
+        with self._locked():
+            state = self._load()
+            replicas = [s for s in self._specs(state) if s.role == "replica"]
+            if not replicas:
+                raise ClusterError("the cluster has no replica to remove")
+            spec = self._spec(name, state) if name else replicas[-1]
+            if spec.role != "replica":
+                raise ClusterError(f"node {spec.name!r} is the primary; only replicas can be removed")
+            sync = state.get("sync", {})
+            remaining = len(replicas) - 1
+            if sync.get("standbys", 0) > remaining:
+                raise ClusterError(
+                    f"synchronous commit waits for {sync['standbys']} standby(s); removing {spec.name!r} "
+                    f"leaves {remaining}, and writes would hang; set_sync_commit('async') first"
+                )
+            node = self._node(spec)
+            node.stop()
+            shutil.rmtree(node.root, ignore_errors=True)
+            self._drop_slot(spec.slot)
+            state["nodes"] = [n for n in state["nodes"] if n["name"] != spec.name]
+            self._save(state)
+            if sync.get("mode") in ("remote_write", "on", "remote_apply") and sync.get("standbys"):
+                self._apply_sync(sync["mode"], sync["standbys"])
+
+    def promote(self, name: str, *, timeout: float = 60.0) -> list[NodeStatus]:
+        """Fail over to replica ``name``.
+
+        The old primary is fenced (fast shutdown, which first ships its remaining WAL to the
+        replicas) and dropped from the cluster with its data: it cannot rejoin without a rebuild,
+        and ``add_replica()`` makes a new replica whenever you want one. ``name`` becomes the
+        writable primary; the other replicas follow it on the new timeline through new slots.
+        Synchronous commit returns to async on the new primary.
+        """
+        with self._locked():
+            state = self._load()
+            spec = self._spec(name, state)
+            if spec.role != "replica":
+                raise ClusterError(f"node {name!r} is already the primary")
+            node = self._node(spec)
+            if not node.running:
+                raise ClusterError(f"replica {name!r} is down; 'workbook up' (or add_replica({name!r})) first")
+            old = self._primary_spec(state)
+            old_node = self._node(old)
+            if old_node.running:
+                old_node.stop()
+            with self._connect(spec) as conn:
+                if conn.execute("SELECT pg_is_wal_replay_paused()").fetchone()[0]:
+                    conn.execute("SELECT pg_wal_replay_resume()")
+                ok = conn.execute("SELECT pg_promote(true, %s)", (int(timeout),)).fetchone()[0]
+                if not ok:
+                    raise ClusterError(f"replica {name!r} did not finish promotion within {timeout:.0f}s")
+                conn.execute("ALTER SYSTEM RESET primary_conninfo")
+                conn.execute("ALTER SYSTEM RESET primary_slot_name")
+                conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+                conn.execute("ALTER SYSTEM RESET synchronous_commit")
+                conn.execute("SELECT pg_reload_conf()")
+            shutil.rmtree(old_node.root, ignore_errors=True)
+            spec.role, spec.slot = "primary", None
+            others = [s for s in self._specs(state) if s.role == "replica" and s.name != name]
+            state["nodes"] = [asdict(spec)] + [asdict(s) for s in others]
+            state["sync"] = {"mode": "async", "standbys": 0}
+            self._save(state)
+            for other in others:
+                self._follow(other, spec)
+        return self.status()
+
+    def _follow(self, replica: NodeSpec, primary: NodeSpec) -> None:
+        """Point a replica at a (new) primary through a fresh slot; rebuild it if it cannot follow."""
+        import psycopg
+        from psycopg import sql
+
+        with self._connect(primary) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (replica.slot,)).fetchone()
+            if not exists:
+                conn.execute("SELECT pg_create_physical_replication_slot(%s)", (replica.slot,))
+        conninfo = psycopg.conninfo.make_conninfo(
+            host="127.0.0.1", port=str(primary.port), user=SUPERUSER, password=self._password(),
+            application_name=replica.name,
+        )
+        node = self._node(replica)
+        try:
+            node.start()
+            with self._connect(replica) as conn:
+                conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
+                conn.execute(sql.SQL("ALTER SYSTEM SET primary_slot_name = {}").format(sql.Literal(replica.slot)))
+                conn.execute("SELECT pg_reload_conf()")
+            self._wait_streaming(replica, timeout=30)
+        except ClusterError:
+            self._build_replica(replica, timeout=120)
+
+    # ---- replay and synchronous commit ---------------------------------------------------
+    def _replica_names(self, name: str | None) -> list[str]:
+        if name is not None:
+            spec = self._spec(name)
+            if spec.role != "replica":
+                raise ClusterError(f"node {name!r} is the primary; replay pauses only on replicas")
+            return [name]
+        return [s.name for s in self._specs() if s.role == "replica"]
+
+    def pause_replay(self, name: str | None = None) -> None:
+        """Stop applying WAL on one replica (default: all). WAL is still received; lag grows."""
+        for n in self._replica_names(name):
+            with self._connect(n) as conn:
+                conn.execute("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self, name: str | None = None) -> None:
+        for n in self._replica_names(name):
+            with self._connect(n) as conn:
+                conn.execute("SELECT pg_wal_replay_resume()")
+
+    def set_sync_commit(self, mode: str, standbys: int = 1) -> None:
+        """How commits wait for replicas.
+
+        ``off`` (no wait even for the local WAL flush), ``async`` (local flush only, the default),
+        or ``remote_write`` / ``on`` / ``remote_apply`` waiting for ``standbys`` replicas
+        (``ANY n (...)``; ``remote_apply`` makes the commit visible on them before it returns).
+        """
+        if mode not in SYNC_MODES:
+            raise ClusterError(f"unknown synchronous-commit mode {mode!r}; choose one of {', '.join(SYNC_MODES)}")
+        with self._locked():
+            state = self._load()
+            n_rep = len([s for s in self._specs(state) if s.role == "replica"])
+            waits = mode in ("remote_write", "on", "remote_apply")
+            if waits and not 1 <= standbys <= n_rep:
+                raise ClusterError(
+                    f"{mode!r} on {standbys} standby(s) needs that many replicas; the cluster has {n_rep} "
+                    "(add_replica() first)"
+                )
+            self._apply_sync(mode, standbys if waits else 0)
+            state["sync"] = {"mode": mode, "standbys": standbys if waits else 0}
+            self._save(state)
+
+    def _apply_sync(self, mode: str, standbys: int) -> None:
+        from psycopg import sql
+
+        names = [s.name for s in self._specs() if s.role == "replica"]
+        if standbys:
+            standby_names = sql.SQL("ANY {} ({})").format(
+                sql.SQL(str(int(standbys))), sql.SQL(", ").join(sql.Identifier(n) for n in names))
+        else:
+            standby_names = sql.SQL("")
+        prim = self._primary_spec()
+        with self._connect(prim.name) as conn:
+            value = standby_names.as_string(conn)
+            commit = {"async": "on"}.get(mode, mode)
+            conn.execute(sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(value)))
+            conn.execute(sql.SQL("ALTER SYSTEM SET synchronous_commit = {}").format(sql.Literal(commit)))
+            conn.execute("SELECT pg_reload_conf()")
+
+    def sync_commit(self) -> dict[str, Any]:
+        return dict(self._load().get("sync", {"mode": "async", "standbys": 0}))
+
+    # ---- observing -----------------------------------------------------------------------
+    def status(self) -> list[NodeStatus]:
+        """Each node's role, pid, port, state and replay lag (bytes, seconds)."""
+        specs = self._specs()
+        prim = next(s for s in specs if s.role == "primary")
+        primary_lsn: int | None = None
+        reported: dict[str, float] = {}
+        out: list[NodeStatus] = []
+        pnode = self._bare_node(prim.name)
+        ppid = pnode.pid
+        pstate = "down"
+        if ppid is not None:
+            try:
+                with self._connect(prim, timeout=3) as conn:
+                    primary_lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+                    reported = dict(conn.execute(REPLAY_LAG_SQL).fetchall())
+                pstate = "running"
+            except Exception:
+                pstate = "unreachable"
+        out.append(NodeStatus(prim.name, "primary", ppid, prim.port, pstate, None, None))
+        for spec in specs:
+            if spec.role == "replica":
+                out.append(self._replica_status(spec, primary_lsn, reported.get(spec.name)))
+        return out
+
+    def _status_of(self, name: str) -> NodeStatus:
+        return next(s for s in self.status() if s.name == name)
+
+    def _replica_status(self, spec: NodeSpec, primary_lsn: int | None, reported: float | None) -> NodeStatus:
+        node = self._bare_node(spec.name)
+        pid = node.pid
+        if pid is None:
+            return NodeStatus(spec.name, "replica", None, spec.port, "down", None, None)
+        try:
+            with self._connect(spec, timeout=3) as conn:
+                p = probe(conn)
+        except Exception:
+            return NodeStatus(spec.name, "replica", pid, spec.port, "unreachable", None, None)
+        role = "replica" if p.in_recovery else "primary"
+        lag_bytes, lag_seconds = replica_lag(p, primary_lsn, reported) if p.in_recovery else (None, None)
+        return NodeStatus(spec.name, role, pid, spec.port, replica_state(p), lag_bytes, lag_seconds)
+
+    def wait_caught_up(self, timeout: float = 30.0) -> None:
+        """Wait until every running, unpaused replica has replayed the primary's current WAL."""
+        prim = self._primary_spec()
+        with self._connect(prim.name) as conn:
+            target_lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+        for spec in self._specs():
+            if spec.role != "replica" or not self._bare_node(spec.name).running:
+                continue
+
+            def caught_up(name: str = spec.name) -> bool:
+                with self._connect(name, timeout=2) as c:
+                    got = parse_lsn(c.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0])
+                return got is not None and target_lsn is not None and got >= target_lsn
+
+            wait_until(caught_up, timeout=timeout, what=f"replica {spec.name!r} to catch up")
+
+
+def _env_port() -> int | None:
+    raw = os.environ.get("WORKBOOK_PORT")
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ClusterError(f"WORKBOOK_PORT must be a port number, not {raw!r}") from None

@@ -1,0 +1,65 @@
+"""Finding the processes that belong to a data directory.
+
+Every PostgreSQL process (postmaster and all its children) runs with its working directory set
+to the data directory. That is how we find a server's processes even after its postmaster was
+killed and the children were re-parented, and how we prove that ``down`` left nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+
+def processes_in(datadir: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is ``datadir``."""
+    want = os.path.realpath(datadir)
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.cwd() == want and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def postmaster_pid(datadir: Path) -> int | None:
+    """The pid in ``postmaster.pid`` if that process is alive and serves ``datadir``."""
+    try:
+        first = (datadir / "postmaster.pid").read_text().splitlines()[0]
+        pid = int(first)
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if proc.cwd() != os.path.realpath(datadir):  # a recycled pid
+            return None
+        return pid
+    except (OSError, IndexError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return None
+
+
+def kill_all(datadir: Path, timeout: float = 10.0) -> None:
+    """SIGKILL every process serving ``datadir`` and wait until they are gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = processes_in(datadir)
+        if not procs:
+            return
+        for p in procs:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
+        if time.monotonic() > deadline:
+            left = [p.pid for p in processes_in(datadir)]
+            if left:
+                raise RuntimeError(f"processes {left} of {str(datadir)!r} survived SIGKILL")
+            return
