@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--node", default="primary", help="node name (see status); default primary")
     ps.epilog = "Other arguments are passed to psql, e.g. workbook psql -c 'select 1'."
 
+    pr = sub.add_parser("promote", help="fail over: make replica NAME the primary (the old primary is fenced and dropped)")
+    pr.add_argument("name")
+
     lab = sub.add_parser("lab", help="start the cluster and JupyterLab on the notebooks")
     lab.add_argument("--replicas", type=int, default=None)
     lab.add_argument("--notebooks", default=None, help="folder to open (default ./notebooks)")
@@ -136,6 +139,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    if _external_target(args) is not None:
+        raise _local_only("promote")
+    nodes = _cluster(args).promote(args.name)
+    _print_status(nodes, False, "local")
+    return 0
+
+
 def cmd_psql(args: argparse.Namespace) -> int:
     from .cluster.target import dsn_params
 
@@ -196,7 +207,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "psql": cmd_psql, "lab": cmd_lab}
+COMMANDS = {
+    "up": cmd_up, "status": cmd_status, "down": cmd_down, "promote": cmd_promote,
+    "psql": cmd_psql, "lab": cmd_lab,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -239,6 +239,11 @@ class _StartFailed(GiveUp):
 
 
 def _alive(pid: int) -> bool:
+    try:  # reap it if it is our own child (started by this process)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -32,7 +32,7 @@ def dsn_params(dsn: str) -> dict[str, str]:
         return conninfo.conninfo_to_dict(dsn)  # type: ignore[return-value]
     except Exception as exc:  # psycopg.ProgrammingError; its text may echo the DSN
         raise TargetError(
-            f"not a valid PostgreSQL DSN: {_scrub(str(exc), dsn)!r}; use "
+            f"not a valid PostgreSQL DSN ({_scrub(str(exc).strip(), dsn)}); use "
             "'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...'"
         ) from None
 

@@ -1,0 +1,83 @@
+"""Fixtures: real PostgreSQL clusters under throw-away homes, always torn down.
+
+Every cluster a test makes is destroyed afterwards and the teardown *proves* it: each process
+that served one of its data directories must be gone (checked by pid).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+import pytest
+
+from workbook.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def alive(pid: int) -> bool:
+    """A pid that still runs (a zombie has exited: it only waits for its parent to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def make_home(prefix: str = "wb-") -> Path:
+    """A fresh, world-traversable directory (as root the server runs as an unprivileged user)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o755)
+    return d
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.pop("WORKBOOK_DSN", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "workbook", *args], capture_output=True, text=True, env=full_env,
+        timeout=timeout, check=False,
+    )
+
+
+def destroy_and_prove(cluster: LocalCluster) -> None:
+    pids = [p for ps in cluster.pids().values() for p in ps] if (cluster.home / "nodes").exists() else []
+    cluster.destroy()
+    left = [p for p in pids if alive(p)]
+    assert not left, f"processes {left} outlived destroy()"
+    assert not cluster.home.exists()
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[Callable[..., LocalCluster]]:
+    made: list[tuple[LocalCluster, Path]] = []
+
+    def make(**kwargs: object) -> LocalCluster:
+        parent = make_home()
+        c = LocalCluster(parent / "home", **kwargs)  # type: ignore[arg-type]
+        made.append((c, parent))
+        return c
+
+    yield make
+    for c, parent in made:
+        destroy_and_prove(c)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[LocalCluster]:
+    """A primary with two streaming replicas, shared by the tests of one module."""
+    parent = make_home()
+    c = LocalCluster(parent / "home")
+    c.up(replicas=2)
+    yield c
+    destroy_and_prove(c)
+    shutil.rmtree(parent, ignore_errors=True)
