@@ -308,6 +308,8 @@ class LocalCluster:
         Works from the data directories alone: no binaries, no live Python parent needed, and a
         node missing from ``cluster.json`` (a crash between two steps) is stopped all the same.
         """
+        if not self.home.exists():
+            return
         with self._locked():
             roots = sorted((self.home / "nodes").glob("*/data"))
             primary = self._primary_spec().name if self.initialized else None
@@ -321,6 +323,8 @@ class LocalCluster:
 
     def destroy(self) -> None:
         """Stop every node and delete the whole home directory (data, secrets, state)."""
+        if not self.home.exists():
+            return
         with self._locked():
             self.stop()
             sock = self._socket_dir()
