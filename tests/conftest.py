@@ -57,6 +57,14 @@ def destroy_and_prove(cluster: LocalCluster) -> None:
 
 
 @pytest.fixture
+def scratch_home() -> Iterator[Path]:
+    """A home path that does not exist yet (its parent is removed afterwards)."""
+    parent = make_home()
+    yield parent / "home"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
 def cluster_factory() -> Iterator[Callable[..., LocalCluster]]:
     made: list[tuple[LocalCluster, Path]] = []
 

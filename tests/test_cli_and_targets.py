@@ -13,7 +13,7 @@ import pytest
 from workbook.cluster import LocalCluster, Target, redact_dsn
 from workbook.errors import ReadOnlyTarget, TargetError
 
-from .conftest import make_home, run_cli
+from .conftest import run_cli
 
 
 def _one_line_error(res) -> str:  # type: ignore[no-untyped-def]
@@ -111,15 +111,15 @@ def test_wrong_password_fails_with_one_line(replicated: LocalCluster) -> None:
     assert "wrong-pw" not in line
 
 
-def test_missing_binaries_fail_with_one_line_and_create_nothing(tmp_path: Path) -> None:
-    home = make_home() / "home"
+def test_missing_binaries_fail_with_one_line_and_create_nothing(tmp_path: Path, scratch_home: Path) -> None:
+    home = scratch_home
     line = _one_line_error(run_cli("--home", str(home), "up", env={"WORKBOOK_PG_BIN": str(tmp_path / "nope")}))
     assert "WORKBOOK_PG_BIN" in line and "missing initdb" in line
     assert not home.exists()
 
 
-def test_port_taken_fails_with_one_line_and_creates_nothing() -> None:
-    home = make_home() / "home"
+def test_port_taken_fails_with_one_line_and_creates_nothing(scratch_home: Path) -> None:
+    home = scratch_home
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -135,6 +135,7 @@ def test_port_taken_at_restart_is_a_clear_error(cluster_factory) -> None:
     port = c.status()[0].port
     c.stop()
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old server's TIME_WAITs
         s.bind(("127.0.0.1", port))
         s.listen()
         line = _one_line_error(run_cli("--home", str(c.home), "up"))
@@ -149,8 +150,8 @@ def test_promote_unknown_node_fails_with_one_line(replicated: LocalCluster) -> N
     assert [n.role for n in replicated.status()] == ["primary", "replica", "replica"]
 
 
-def test_status_without_a_cluster_says_how_to_start_one() -> None:
-    home = make_home() / "home"
+def test_status_without_a_cluster_says_how_to_start_one(scratch_home: Path) -> None:
+    home = scratch_home
     line = _one_line_error(run_cli("--home", str(home), "status"))
     assert "workbook up" in line
     assert not home.exists()
