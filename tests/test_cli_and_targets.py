@@ -172,3 +172,40 @@ def test_other_postgresql_binaries_can_be_used(cluster_factory, monkeypatch: pyt
     assert json.loads(c.state_file.read_text())["pg_version"].startswith("15")
     monkeypatch.delenv("WORKBOOK_PG_BIN", raising=False)
     assert LocalCluster(c.home).bins.major == 15
+
+
+def test_lab_starts_the_cluster_and_serves_the_notebooks(scratch_home: Path) -> None:
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env.pop("WORKBOOK_DSN", None)
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "workbook", "--home", str(scratch_home), "lab", "--no-browser",
+         "--lab-port", str(port), "--notebooks", str(Path(__file__).resolve().parents[1] / "notebooks")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        token = None
+        deadline = time.monotonic() + 60
+        seen = []
+        while token is None and time.monotonic() < deadline:
+            line = lab.stdout.readline()
+            seen.append(line)
+            m = re.search(r"token=([0-9a-f]+)", line)
+            token = m.group(1) if m else None
+        assert token, "".join(seen)[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=10) as r:
+            names = [c["name"] for c in json.load(r)["content"]]
+        assert "README.md" in names
+        assert LocalCluster(scratch_home).status()[0].state == "running"
+    finally:
+        lab.terminate()
+        lab.wait(30)
+        LocalCluster(scratch_home).destroy()

@@ -200,6 +200,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     argv = [jupyter, "lab", f"--ServerApp.root_dir={folder.absolute()}"]
     if args.no_browser:
         argv.append("--no-browser")
+    if os.geteuid() == 0:  # containers and CI run as root; JupyterLab refuses that unless told
+        argv.append("--allow-root")
     if args.lab_port:
         argv.append(f"--port={args.lab_port}")
     sys.stdout.flush()
