@@ -201,8 +201,13 @@ def test_lab_starts_the_cluster_and_serves_the_notebooks(scratch_home: Path) -> 
             m = re.search(r"token=([0-9a-f]+)", line)
             token = m.group(1) if m else None
         assert token, "".join(seen)[-2000:]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=10) as r:
-            names = [c["name"] for c in json.load(r)["content"]]
+        names: list[str] = []
+        while not names and time.monotonic() < deadline:  # the URL is printed just before it listens
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=10) as r:
+                    names = [c["name"] for c in json.load(r)["content"]]
+            except OSError:
+                time.sleep(0.2)
         assert "README.md" in names
         assert LocalCluster(scratch_home).status()[0].state == "running"
     finally:

@@ -197,7 +197,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     jupyter = shutil.which("jupyter")
     if jupyter is None:
         raise WorkbookError("jupyter is not installed in this environment; pip install jupyterlab")
-    argv = [jupyter, "lab", f"--ServerApp.root_dir={folder.absolute()}"]
+    argv = [jupyter, "lab", f"--ServerApp.root_dir={folder.absolute()}", "--ServerApp.ip=127.0.0.1"]
     if args.no_browser:
         argv.append("--no-browser")
     if os.geteuid() == 0:  # containers and CI run as root; JupyterLab refuses that unless told
