@@ -98,7 +98,7 @@ def _load_workbook(c: LocalCluster, scale: int) -> None:
 def _workbook_side(parent: Path, case: str, scale: int) -> tuple[float, float]:
     c = LocalCluster(parent / "home")
     try:
-        c.bins  # binaries located (and, as root, mirrored) outside the timed region
+        _ = c.bins  # binaries located (and, as root, mirrored) outside the timed region
         mb = 0.0
         if case == "loaded":
             c.up()

@@ -94,7 +94,7 @@ def _print_status(nodes: list[Any], as_json: bool, kind: str) -> None:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _local_only(command: str) -> WorkbookError:
@@ -162,8 +162,9 @@ def cmd_psql(args: argparse.Namespace) -> int:
         psql = _psql_binary(PgBinaries.locate().bindir)
     params = dsn_params(dsn)
     env = dict(os.environ)
-    if params.pop("password", None):
-        env["PGPASSWORD"] = dsn_params(dsn)["password"]  # never on the command line (ps shows it)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = password  # never on the command line (ps shows it)
     if target is not None and not target.allow_writes:
         env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c default_transaction_read_only=on").strip()
     from psycopg.conninfo import make_conninfo
@@ -176,8 +177,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 
 def _psql_binary(bundled: Path) -> str:
-    """The bundled psql is built without readline; a system psql of the same major or newer
-    gives line editing and history. ``WORKBOOK_PSQL`` picks one explicitly."""
+    """The bundled psql (built without readline: no line editing), or ``WORKBOOK_PSQL``."""
     if os.environ.get("WORKBOOK_PSQL"):
         return os.environ["WORKBOOK_PSQL"]
     return str(bundled / "psql")

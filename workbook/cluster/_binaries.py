@@ -132,7 +132,7 @@ def _embedded_bindir() -> Path:
 
 
 def _make_world_readable(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for f in filenames:
             p = Path(dirpath) / f

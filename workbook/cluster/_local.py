@@ -246,7 +246,6 @@ class LocalCluster:
 
     def _create_primary(self) -> None:
         bins = self.bins  # validates binaries before anything is created
-        taken: set[int] = set()
         if self._port is not None:
             port = self._port
             if not port_is_free(port):
@@ -255,7 +254,7 @@ class LocalCluster:
                     "(or WORKBOOK_PORT), or leave it out to pick a free one"
                 )
         else:
-            port = free_port(DEFAULT_PORT, taken)
+            port = free_port(DEFAULT_PORT, set())
         created_home = not (self.home / "nodes").exists()
         try:
             self.run_as.make_dir(self.home / "nodes", 0o755)

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +173,7 @@ class Node:
         log_start = self.logfile.stat().st_size
         log = open(self.logfile, "ab")
         try:
-            kw = self.run_as._kwargs()
+            kw = self.run_as.process_kwargs()
             proc = subprocess.Popen(
                 [self._exe("postgres"), "-D", str(self.datadir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -222,7 +221,7 @@ class Node:
                 except ProcessLookupError:
                     break
                 try:
-                    wait_until(lambda: not _alive(pid), timeout=timeout * share,
+                    wait_until(lambda: not _procs.alive(pid), timeout=timeout * share,
                                what=f"node {self.name!r} to stop", interval=0.005, max_interval=0.05)
                     break
                 except ClusterError:
@@ -236,25 +235,6 @@ class Node:
 
 class _StartFailed(GiveUp):
     pass
-
-
-def _alive(pid: int) -> bool:
-    try:  # reap it if it is our own child (started by this process)
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def _log_since(path: Path, offset: int) -> str:

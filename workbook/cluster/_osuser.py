@@ -52,7 +52,8 @@ class RunAs:
     def drops_privileges(self) -> bool:
         return self.uid is not None
 
-    def _kwargs(self) -> dict[str, Any]:
+    def process_kwargs(self) -> dict[str, Any]:
+        """``subprocess`` arguments that run a child as this user."""
         if self.uid is None:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
@@ -60,7 +61,7 @@ class RunAs:
     def run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run a command as this user; output captured as text; never raises on exit status."""
         kwargs.setdefault("capture_output", True)
-        return subprocess.run(args, text=True, check=False, **self._kwargs(), **kwargs)
+        return subprocess.run(args, text=True, check=False, **self.process_kwargs(), **kwargs)
 
     def can_execute(self, path: str) -> bool:
         try:

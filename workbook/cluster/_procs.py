@@ -63,3 +63,23 @@ def kill_all(datadir: Path, timeout: float = 10.0) -> None:
             if left:
                 raise RuntimeError(f"processes {left} of {str(datadir)!r} survived SIGKILL")
             return
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie counts as exited (and is reaped if it is our child)."""
+    try:  # reap it if it is our own child (started by this process)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
