@@ -214,3 +214,17 @@ def test_lab_starts_the_cluster_and_serves_the_notebooks(scratch_home: Path) -> 
         lab.terminate()
         lab.wait(30)
         LocalCluster(scratch_home).destroy()
+
+
+def test_negative_replica_count_on_a_fresh_home_creates_nothing(scratch_home: Path) -> None:
+    line = _one_line_error(run_cli("--home", str(scratch_home), "up", "--replicas", "-1"))
+    assert "replica count must be >= 0" in line
+    assert not scratch_home.exists()
+
+
+def test_psql_on_a_stopped_cluster_says_to_start_it(cluster_factory) -> None:
+    c = cluster_factory()
+    c.up()
+    c.stop()
+    line = _one_line_error(run_cli("--home", str(c.home), "psql", "-c", "select 1"))
+    assert "is down" in line and "workbook up" in line

@@ -154,6 +154,10 @@ def cmd_psql(args: argparse.Namespace) -> int:
     if target is None:
         cluster = _cluster(args)
         dsn = cluster.dsn(None if args.node == "primary" else args.node)
+        nodes = cluster.status()
+        node = nodes[0] if args.node == "primary" else next(n for n in nodes if n.name == args.node)
+        if node.pid is None:
+            raise WorkbookError(f"node {node.name!r} is down; start the cluster with 'workbook up'")
         psql = _psql_binary(cluster.bins.bindir)
     else:
         dsn = target.endpoint(args.node).dsn

@@ -211,6 +211,8 @@ class LocalCluster:
     def up(self, replicas: int | None = None) -> list[NodeStatus]:
         """Create the cluster if needed, start every node, heal broken replicas, and (if given)
         grow or shrink to ``replicas`` replicas. Safe to call again at any time."""
+        if replicas is not None and replicas < 0:
+            raise ClusterError(f"replica count must be >= 0, not {replicas}")
         home_existed = self.home.exists()
         try:
             return self._up(replicas)
@@ -235,8 +237,6 @@ class LocalCluster:
             for spec in [s for s in self._specs(state) if s.role == "replica"]:
                 self._heal_replica(spec)
             if replicas is not None:
-                if replicas < 0:
-                    raise ClusterError(f"replica count must be >= 0, not {replicas}")
                 current = [s.name for s in self._specs() if s.role == "replica"]
                 for _ in range(replicas - len(current)):
                     self.add_replica()
