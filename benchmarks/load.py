@@ -1,0 +1,125 @@
+"""Generate + load the dataset end to end, against the server's own ingest limits, same run.
+
+* ``workbook``: ``workbook.dataset.load()`` at each scale, each in a fresh Python process (so its
+  peak RSS is its own): generation, COPY, invoices, foreign keys, ANALYZE, swap, commit.
+* peer (b), **the COPY ingest limit**: the messages table's CSV text, generated beforehand and
+  held in memory, COPYed (FREEZE) into a fresh messages table of the same definition.
+* peer (a), ``pgbench -i``: the built-in loader (client-side COPY, vacuum, primary keys) at the
+  pgbench scale holding the same number of COPY bytes as the workbook's SF 1 load.
+
+MB/s counts the bytes of COPY data sent. Ratios are workbook / peer (higher is better).
+Goal: workbook SF 1 >= 0.7x the COPY limit; time linear in SF.
+
+    python benchmarks/load.py [--scales 0.1 1 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from psycopg import sql
+
+from workbook.cluster import LocalCluster
+from workbook.dataset.generator import Generator
+from workbook.dataset.loader import _vector_schema, schema_sections
+
+_CHILD = """
+import json, resource, sys
+from workbook.cluster import LocalCluster
+from workbook.dataset import load
+info = load(LocalCluster(sys.argv[1]).target(), float(sys.argv[2]), 42, progress=False)
+print(json.dumps({**info.as_dict(), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+PGBENCH_BYTES_PER_SCALE = 9_488_993  # measured: COPY text of pgbench_accounts+tellers+branches at -s 1
+
+
+def workbook_load(home: Path, scale: float) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(home), str(scale)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def prebuilt_messages_copy(cluster: LocalCluster, scale: float) -> tuple[float, int]:
+    gen = Generator(42, scale)
+    stream = next(s for s in gen.tables() if s.name == "messages")
+    buffers = [data for data, _ in stream.batches()]
+    size = sum(map(len, buffers))
+    with cluster.target().connect(autocommit=False) as conn:
+        ext = _vector_schema(conn)
+        conn.execute("CREATE SCHEMA bench_prebuilt")
+        conn.execute(sql.SQL("SET LOCAL search_path = bench_prebuilt, {}").format(sql.Identifier(ext)))
+        conn.execute(schema_sections()["tables"])
+        stmt = sql.SQL("COPY messages ({}) FROM STDIN (FORMAT csv, FREEZE)").format(
+            sql.SQL(", ").join(map(sql.Identifier, stream.columns))
+        )
+        t0 = time.perf_counter()
+        with conn.cursor().copy(stmt) as copy:
+            for data in buffers:
+                copy.write(data)
+        elapsed = time.perf_counter() - t0
+        conn.rollback()
+    return elapsed, size
+
+
+def pgbench_init(cluster: LocalCluster, pgbench_scale: int) -> float:
+    env = {**os.environ, "PGPASSWORD": cluster._password()}
+    exe = cluster.bins.exe("pgbench")
+    port = str(cluster.status()[0].port)
+    t0 = time.perf_counter()
+    subprocess.run([exe, "-i", "-q", "-s", str(pgbench_scale), "-h", "127.0.0.1", "-p", port, "-U", "postgres", "workbook"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    subprocess.run([exe, "-i", "-I", "d", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "workbook"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 1, 3])
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="wb-bench-load-", dir="/var/tmp"))
+    home.chmod(0o755)
+    cluster = LocalCluster(home / "home")
+    try:
+        cluster.up(replicas=0)
+        print(f"{'SF':>5} {'rows':>11} {'MB':>8} {'seconds':>8} {'MB/s':>7} {'copy-phase MB/s':>16} {'peak RSS MB':>12}")
+        results = {}
+        for scale in args.scales:
+            r = workbook_load(cluster.home, scale)
+            results[scale] = r
+            copy_mbps = r["bytes"] / 1e6 / r["phases"]["copy"]
+            print(f"{scale:>5g} {sum(r['rows'].values()):>11,} {r['bytes'] / 1e6:>8.0f} {r['load_seconds']:>8.2f} "
+                  f"{r['bytes'] / 1e6 / r['load_seconds']:>7.1f} {copy_mbps:>16.1f} {r['max_rss_mb']:>12.0f}")  # fmt: skip
+            print(f"      phases: {r['phases']}")
+        ref = results.get(1.0) or results[args.scales[-1]]
+        ours = ref["bytes"] / 1e6 / ref["load_seconds"]
+        elapsed, size = prebuilt_messages_copy(cluster, ref["scale"])
+        limit = size / 1e6 / elapsed
+        print(f"\n(b) COPY of pre-built messages text at SF {ref['scale']:g}: {size / 1e6:.0f} MB in {elapsed:.2f} s = {limit:.1f} MB/s")
+        pgs = max(1, round(ref["bytes"] / PGBENCH_BYTES_PER_SCALE))
+        pg_elapsed = pgbench_init(cluster, pgs)
+        pg_mbps = pgs * PGBENCH_BYTES_PER_SCALE / 1e6 / pg_elapsed
+        print(f"(a) pgbench -i -s {pgs} (same COPY volume): {pg_elapsed:.2f} s = {pg_mbps:.1f} MB/s")
+        print(f"\nworkbook SF {ref['scale']:g} end to end: {ours:.1f} MB/s")
+        print(f"ratio vs COPY ingest limit (b): {ours / limit:.2f}x   (goal >= 0.7x)")
+        print(f"ratio vs pgbench -i (a):        {ours / pg_mbps:.2f}x")
+        if len(results) > 1:
+            base = results[args.scales[0]]
+            for scale, r in results.items():
+                per_sf = r["load_seconds"] / scale
+                print(f"seconds per SF at SF {scale:g}: {per_sf:.2f}  (vs SF {args.scales[0]:g}: {per_sf / (base['load_seconds'] / args.scales[0]):.2f}x)")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""The sample AI-app dataset: schema, deterministic generator, loader, checksum, query shapes."""
+
+from .checksum import Checksum, checksum, duckdb_checksum
+from .duck import to_duckdb
+from .generator import GENERATOR_VERSION, Generator
+from .indexes import IndexSpec, load_indexes
+from .loader import SCHEMA, DatasetInfo, dataset_info, load
+from .shapes import QueryShape, load_shapes, shape
+
+__all__ = [
+    "GENERATOR_VERSION", "SCHEMA", "Checksum", "DatasetInfo", "Generator", "IndexSpec", "QueryShape",
+    "checksum", "dataset_info", "duckdb_checksum", "load", "load_indexes", "load_shapes", "shape", "to_duckdb",
+]
