@@ -310,3 +310,10 @@ def test_server_without_pgvector_gets_a_clear_error_and_no_schema(cluster_factor
         load(c.target(), SCALE, SEED, progress=False)
     with c.target().connect() as conn:
         assert scalar(conn, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ai_app%%'") == 0
+
+
+@pytest.mark.parametrize("args", [["--scale", "0"], ["--scale", "500"], ["--seed", "-3"]])
+def test_cli_load_refuses_bad_arguments_before_starting_anything(scratch_home: Path, args: list[str]) -> None:
+    r = run_cli("--home", str(scratch_home), "load", *args)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "must" in r.stderr
+    assert not scratch_home.exists(), "no cluster may be created for a load that cannot run"

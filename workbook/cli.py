@@ -235,9 +235,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from .dataset import load
+    from .dataset import Generator, load
 
-    info = load(_target(args), scale=args.scale, seed=args.seed, progress=not (args.quiet or args.json))
+    generator = Generator(args.seed, args.scale)  # bad arguments are refused before any cluster starts
+    info = load(_target(args), generator=generator, progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(info.as_dict(), indent=2))
         return 0
@@ -251,7 +252,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import checksum, dataset_info, to_duckdb
 
-    target = _target(args) if args.dsn else _cluster(args).target()
+    target = _external_target(args) or _cluster(args).target()
     with target.connect() as conn:
         info = dataset_info(conn)
         if info is None:

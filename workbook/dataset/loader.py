@@ -213,13 +213,15 @@ def load(
     """Generate the dataset at ``scale`` with ``seed`` and load it into ``target`` atomically.
 
     ``progress``: True for a progress bar (tqdm; a widget in Jupyter), False for none, or a
-    callable ``(table, rows_done, rows_expected)``. Replaces any dataset already loaded, in one
+    callable ``(table, rows_done, rows_expected)``. A ``generator`` given replaces ``scale`` and
+    ``seed`` (the CLI builds it first, so bad arguments fail before any server is touched).
+    Replaces any dataset already loaded, in one
     transaction; on any error the previous dataset stays as it was.
     """
     target.require_writes("load the sample dataset")
     gen = generator or Generator(seed, scale)
     streams = gen.tables()
-    bar, report = _progress(progress, sum(s.expected_rows for s in streams))
+    bar: Any = None
     t0 = time.perf_counter()
     rows: dict[str, int] = {}
     phases: dict[str, float] = {}
@@ -235,6 +237,7 @@ def load(
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
             conn.execute("SET LOCAL TIME ZONE 'UTC'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            bar, report = _progress(progress, sum(s.expected_rows for s in streams))  # drawn once connected
             ext = _vector_schema(conn)
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STAGING)))
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(STAGING)))
