@@ -252,16 +252,20 @@ class Generator:
         return self.rng("org-model").choice(len(p), self.n_orgs, p=p)
 
     @cached_property
+    def org_size(self) -> np.ndarray:
+        """Each organisation's size relative to the largest, dampened (sqrt): drives per-org counts."""
+        return (self.org_weight / self.org_weight.max()) ** 0.5
+
+    @cached_property
     def org_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(first api key index, key count) per organisation."""
-        rel = (self.org_weight / self.org_weight.max()) ** 0.5
-        counts = 1 + self.rng("org-keys").poisson(0.5 + 6 * rel)
+        counts = 1 + self.rng("org-keys").poisson(0.5 + 6 * self.org_size)
         return _segment_starts(counts), counts
 
     @cached_property
     def org_configs(self) -> tuple[np.ndarray, np.ndarray]:
-        rel = (self.org_weight / self.org_weight.max()) ** 0.5
-        counts = np.minimum(len(self.vocab.config_names), 1 + self.rng("org-configs").poisson(0.3 + 3 * rel))
+        """(first model config index, config count) per organisation."""
+        counts = np.minimum(len(self.vocab.config_names), 1 + self.rng("org-configs").poisson(0.3 + 3 * self.org_size))
         return _segment_starts(counts), counts
 
     def hot_orgs(self, n: int = 3) -> list[int]:
@@ -573,7 +577,7 @@ class Generator:
 
     def _api_keys(self) -> Iterator[tuple[bytes, int]]:
         rng = self.rng("api-keys")
-        start, count = self.org_keys
+        _, count = self.org_keys
         n = int(count.sum())
         org = np.repeat(np.arange(self.n_orgs), count)
         ids = np.arange(1, n + 1, dtype=np.uint64)

@@ -180,8 +180,8 @@ def chunk_org(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any
 
 @sampler
 def query_embedding(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
-    """``query_embedding`` (pgvector text): an existing chunk's vector, as a user's question would land
-    near its topic; taken from the sampled org when one was sampled before it."""
+    """``query_embedding`` (pgvector text): the vector of a chunk picked by a fixed hash of its id,
+    as a user's question lands near some topic. It ignores the tier (any tenant's chunk will do)."""
     (vec,) = _one(
         conn,
         "SELECT embedding::text FROM ai_app.chunks ORDER BY (id * 2654435761) %% 1000003 LIMIT 1 OFFSET %s",
