@@ -10,7 +10,7 @@
 MB/s counts the bytes of COPY data sent. Ratios are workbook / peer (higher is better).
 Goal: workbook SF 1 >= 0.7x the COPY limit; time linear in SF.
 
-    python benchmarks/load.py [--scales 0.1 1 3]
+    python benchmarks/load.py [--scales 0.1 1 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def prebuilt_messages_copy(cluster: LocalCluster, scale: float) -> tuple[float, 
     size = sum(map(len, buffers))
     with cluster.target().connect(autocommit=False) as conn:
         ext = _vector_schema(conn)
+        conn.execute("SET LOCAL TIME ZONE 'UTC'")  # as the loader does: the CSV holds UTC wall times
         conn.execute("CREATE SCHEMA bench_prebuilt")
         conn.execute(sql.SQL("SET LOCAL search_path = bench_prebuilt, {}").format(sql.Identifier(ext)))
         conn.execute(schema_sections()["tables"])
@@ -84,6 +86,7 @@ def pgbench_init(cluster: LocalCluster, pgbench_scale: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 1, 3])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (workbook, COPY limit, pgbench) at SF 1")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="wb-bench-load-", dir="/var/tmp"))
     home.chmod(0o755)
@@ -99,23 +102,34 @@ def main() -> None:
             print(f"{scale:>5g} {sum(r['rows'].values()):>11,} {r['bytes'] / 1e6:>8.0f} {r['load_seconds']:>8.2f} "
                   f"{r['bytes'] / 1e6 / r['load_seconds']:>7.1f} {copy_mbps:>16.1f} {r['max_rss_mb']:>12.0f}")  # fmt: skip
             print(f"      phases: {r['phases']}")
-        ref = results.get(1.0) or results[args.scales[-1]]
-        ours = ref["bytes"] / 1e6 / ref["load_seconds"]
-        elapsed, size = prebuilt_messages_copy(cluster, ref["scale"])
-        limit = size / 1e6 / elapsed
-        print(f"\n(b) COPY of pre-built messages text at SF {ref['scale']:g}: {size / 1e6:.0f} MB in {elapsed:.2f} s = {limit:.1f} MB/s")
-        pgs = max(1, round(ref["bytes"] / PGBENCH_BYTES_PER_SCALE))
-        pg_elapsed = pgbench_init(cluster, pgs)
-        pg_mbps = pgs * PGBENCH_BYTES_PER_SCALE / 1e6 / pg_elapsed
-        print(f"(a) pgbench -i -s {pgs} (same COPY volume): {pg_elapsed:.2f} s = {pg_mbps:.1f} MB/s")
-        print(f"\nworkbook SF {ref['scale']:g} end to end: {ours:.1f} MB/s")
-        print(f"ratio vs COPY ingest limit (b): {ours / limit:.2f}x   (goal >= 0.7x)")
-        print(f"ratio vs pgbench -i (a):        {ours / pg_mbps:.2f}x")
         if len(results) > 1:
             base = results[args.scales[0]]
             for scale, r in results.items():
                 per_sf = r["load_seconds"] / scale
                 print(f"seconds per SF at SF {scale:g}: {per_sf:.2f}  (vs SF {args.scales[0]:g}: {per_sf / (base['load_seconds'] / args.scales[0]):.2f}x)")
+
+        # The ratio: the server's ingest speed swings by 1.5x from minute to minute on a shared
+        # machine, so each round measures the workbook and both peers back to back, and the
+        # verdict is the median of the per-round ratios (each round's figures share the weather).
+        scale = 1.0 if 1.0 in results else args.scales[-1]
+        print(f"\n{args.rounds} interleaved rounds at SF {scale:g}:")
+        print(f"{'round':>5} {'workbook MB/s':>14} {'(b) COPY MB/s':>14} {'(a) pgbench MB/s':>17} {'ratio b':>8} {'ratio a':>8}")
+        ratios_b, ratios_a = [], []
+        for i in range(args.rounds):
+            r = workbook_load(cluster.home, scale)
+            ours = r["bytes"] / 1e6 / r["load_seconds"]
+            elapsed, size = prebuilt_messages_copy(cluster, scale)
+            limit = size / 1e6 / elapsed
+            pgs = max(1, round(r["bytes"] / PGBENCH_BYTES_PER_SCALE))
+            pg_mbps = pgs * PGBENCH_BYTES_PER_SCALE / 1e6 / pgbench_init(cluster, pgs)
+            ratios_b.append(ours / limit)
+            ratios_a.append(ours / pg_mbps)
+            print(f"{i + 1:>5} {ours:>14.1f} {limit:>14.1f} {pg_mbps:>17.1f} {ours / limit:>7.2f}x {ours / pg_mbps:>7.2f}x"
+                  f"   workbook phases: {r['phases']}")  # fmt: skip
+        print(f"\n(b) = COPY of the pre-built messages text ({size / 1e6:.0f} MB); (a) = pgbench -i -s {pgs} (same COPY volume)")
+        print(f"ratio vs COPY ingest limit (b): median {statistics.median(ratios_b):.2f}x, "
+              f"range {min(ratios_b):.2f}-{max(ratios_b):.2f}x   (goal >= 0.7x)")  # fmt: skip
+        print(f"ratio vs pgbench -i (a):        median {statistics.median(ratios_a):.2f}x, range {min(ratios_a):.2f}-{max(ratios_a):.2f}x")
     finally:
         cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)
