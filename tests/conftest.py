@@ -89,3 +89,48 @@ def replicated() -> Iterator[LocalCluster]:
     yield c
     destroy_and_prove(c)
     shutil.rmtree(parent, ignore_errors=True)
+
+
+LAB_SCALE = float(os.environ.get("WORKBOOK_TEST_SCALE", "0.05"))
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LocalCluster]:
+    """One cluster with the sample dataset at LAB_SCALE, shared by the experiment tests.
+
+    Tests may add indexes/tables only inside rolled-back transactions or must remove them; the
+    ``catalog_unchanged`` fixture proves it for the tests that use it.
+    """
+    from workbook.dataset import load
+
+    parent = make_home("wb-lab-")
+    c = LocalCluster(parent / "home")
+    c.up(replicas=0)
+    load(c.target(), LAB_SCALE, 42, progress=False)
+    yield c
+    destroy_and_prove(c)
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def catalog_snapshot(conn: object) -> dict[str, list[tuple[object, ...]]]:
+    """Indexes, extended statistics and relations of every user schema: what a toggle may not leave behind."""
+    q = {
+        "indexes": "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes"
+                   " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3",
+        "statistics": "SELECT stxname FROM pg_statistic_ext ORDER BY 1",
+        "relations": "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                     " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%%'"
+                     " ORDER BY 1, 2",
+    }  # fmt: skip
+    return {k: conn.execute(v).fetchall() for k, v in q.items()}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def catalog_unchanged(lab: LocalCluster) -> Iterator[None]:
+    """Fails the test if it leaves any index, statistics object or relation behind."""
+    with lab.target().connect() as conn:
+        before = catalog_snapshot(conn)
+    yield
+    with lab.target().connect() as conn:
+        after = catalog_snapshot(conn)
+    assert after == before, "the test left the catalog changed"

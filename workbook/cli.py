@@ -70,6 +70,32 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--checksum", action="store_true", help="also compute the content checksum (reads every row)")
     ds.add_argument("--duckdb", metavar="PATH", help="also copy the dataset into this DuckDB file")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ex = sub.add_parser("explain", help="EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
+    ex.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
+    ex.add_argument("--variant", default=None, help="the shape's variant (default: its first)")
+    ex.add_argument("--tier", choices=("hot", "cold"), default="hot", help="parameters for a big or a small tenant")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+
+    cp = sub.add_parser("compare", help="time a shape with and without a change (interleaved), with a verdict")
+    cp.add_argument("--shape", required=True)
+    cp.add_argument("--variant", default=None, help="variant of the baseline (default: the shape's first)")
+    cp.add_argument("--index", action="append", default=[], metavar="NAME",
+                    help="candidate index from datasets/ai_app/indexes.toml (repeatable); built as a what-if "
+                         "index in a rolled-back transaction unless --real")
+    cp.add_argument("--real", action="store_true", help="build the indexes for real (dropped again afterwards)")
+    cp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                    help="a setting for the treatment's session, e.g. work_mem=64MB (repeatable)")
+    cp.add_argument("--against", default=None, metavar="VARIANT", help="the treatment runs this variant instead")
+    cp.add_argument("--tier", choices=("hot", "cold"), default="hot")
+    cp.add_argument("--repeats", type=int, default=30, help="timed repetitions per side (default 30)")
+    cp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ad = sub.add_parser("advise", help="propose indexes for a query and verify each by a what-if measurement")
+    ad.add_argument("--sql", required=True, help="the query (literal values; it is executed, rolled back)")
+    ad.add_argument("--repeats", type=int, default=15, help="timed repetitions per side (default 15)")
+    ad.add_argument("--no-write-cost", action="store_true", help="skip measuring each suggestion's write cost")
+    ad.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -276,9 +302,103 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> Any:
+    from .cluster._local import default_home
+    from .results import ResultsStore
+
+    return ResultsStore(Path(args.home).expanduser().absolute() if args.home else default_home())
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .dataset import shape
+    from .experiment import explain, findings
+
+    qs = shape(args.shape)
+    variant = qs.variant(args.variant)
+    target = _external_target(args) or _cluster(args).target()
+    with target.connect() as conn:
+        params = qs.sample(conn, args.tier)
+        plan = explain(conn, variant.statements[0], params)
+    found = findings(plan)
+    if args.json:
+        frame = plan.frame()
+        out = {
+            "shape": qs.name, "variant": variant.name, "tier": args.tier, "params": params,
+            "plan_summary": plan.summary(), "execution_ms": plan.execution_ms, "planning_ms": plan.planning_ms,
+            "cache": plan.cache_state, "scans": [list(x) for x in plan.scans()],
+            "nodes": json.loads(frame.to_json(orient="records")), "findings": [f.as_dict() for f in found],
+        }  # fmt: skip
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"{qs.name} ({variant.name}), {args.tier} tenant, params {params}")
+    print(f"execution {plan.execution_ms:.3f} ms, planning {plan.planning_ms:.3f} ms, cache {plan.cache_state}")
+    for n in plan.nodes:
+        mis = f"  rows est {n.estimated_rows:,.0f} actual {n.actual_rows or 0:,.0f}"
+        if n.misestimate and n.misestimate >= 10:
+            mis += f" ({n.misestimate:.0f}x {n.misestimate_direction}estimate)"
+        print(f"{'  ' * n.depth}-> {n.label}  [{n.exclusive_ms or 0:.3f} ms self]{mis}")
+    for f in found:
+        print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
+    if len(variant.statements) > 1:
+        print("(a per-row variant: the plan shown is its first statement's)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .dataset import load_indexes, shape
+    from .experiment import Arm, Index, Setting, Variant, WhatIfIndex, compare
+
+    qs = shape(args.shape)
+    qs.variant(args.variant)
+    catalog = load_indexes()
+    knobs: list[Any] = []
+    for name in args.index:
+        if name not in catalog:
+            raise WorkbookError(f"no candidate index {name!r}; known: {', '.join(catalog)}")
+        knobs.append(Index(catalog[name]) if args.real else WhatIfIndex(catalog[name]))
+    for pair in args.settings:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise WorkbookError(f"--set wants NAME=VALUE, got {pair!r}")
+        knobs.append(Setting(key.strip(), value.strip()))
+    if args.against:
+        knobs.append(Variant(qs.variant(args.against).name))
+    if not knobs:
+        raise WorkbookError("nothing to compare: give --index NAME, --set NAME=VALUE or --against VARIANT")
+    if args.repeats < 2:
+        raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
+    target = _external_target(args) or _cluster(args).target()
+    treatment = Arm(" + ".join(k.label for k in knobs), args.variant, tuple(knobs))
+    result = compare(target, qs, treatment, Arm("baseline", args.variant), tier=args.tier, repeats=args.repeats,
+                     store=_store(args))  # fmt: skip
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+        return 0
+    print(result.summary())
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .experiment import advise
+
+    target = _external_target(args) or _cluster(args).target()
+    advice = advise(target, args.sql, repeats=args.repeats, measure_write_cost=not args.no_write_cost)
+    if args.json:
+        print(json.dumps(advice.as_dict(), indent=2, default=str))
+        return 0
+    print(advice.reason)
+    for c in advice.suggestions:
+        print(f"  {c.ddl};\n      {c.verdict}; size {c.size_bytes or 0:,} B; build {c.build_seconds} s;"
+              f" writes x{c.write_ratio}")  # fmt: skip
+    for c in advice.rejected:
+        print(f"  (dropped) {c.ddl}: {c.rejected_because}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up, "status": cmd_status, "down": cmd_down, "promote": cmd_promote,
     "psql": cmd_psql, "lab": cmd_lab, "load": cmd_load, "dataset": cmd_dataset,
+    "explain": cmd_explain, "compare": cmd_compare, "advise": cmd_advise,
 }
 
 

@@ -82,17 +82,27 @@ class QueryShape:
         return values
 
     def run(
-        self, conn: psycopg.Connection[Any], params: dict[str, Any], variant: str | None = None
+        self,
+        conn: psycopg.Connection[Any],
+        params: dict[str, Any],
+        variant: str | None = None,
+        *,
+        prepare: bool | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Execute a variant and return its rows (for writes: RETURNING rows, or one (rowcount,))."""
+        """Execute a variant and return its rows (for writes: RETURNING rows, or one (rowcount,)).
+
+        ``prepare=True`` uses server-side prepared statements from the first call (as an
+        application with a driver-level statement cache would); None is psycopg's default
+        (prepared after five executions).
+        """
         steps = self.variant(variant).statements
-        cur = conn.execute(steps[0], params)  # type: ignore[arg-type]
+        cur = conn.execute(steps[0], params, prepare=prepare)  # type: ignore[arg-type]
         rows = cur.fetchall() if cur.description else [(cur.rowcount,)]
         for step in steps[1:]:
             names = [d.name for d in cur.description or ()]
             out: list[tuple[Any, ...]] = []
             for row in rows:
-                inner = conn.execute(step, {**params, **dict(zip(names, row))})  # type: ignore[arg-type]
+                inner = conn.execute(step, {**params, **dict(zip(names, row))}, prepare=prepare)  # type: ignore[arg-type]
                 out.extend(inner.fetchall())
                 cur = inner
             rows = out

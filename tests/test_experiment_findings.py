@@ -1,0 +1,101 @@
+"""Each finding rule fires on a real plan built to trigger it, and not on the same query once fixed.
+
+(The JIT rule needs a server with LLVM: it is tested on Debian's PostgreSQL 15 in test_experiment_plans.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from workbook.cluster import LocalCluster
+from workbook.dataset import load_indexes, shape
+from workbook.experiment import Setting, Statistics, WhatIfIndex, explain, findings
+
+
+@pytest.fixture
+def conn(lab: LocalCluster) -> Iterator[Any]:
+    with lab.target().connect() as c:
+        yield c
+
+
+def rules(conn: Any, query: str, params: Any = None) -> list[str]:
+    return [f.rule for f in findings(explain(conn, query, params))]
+
+
+def test_selective_seq_scan_fires_without_an_index_and_not_with_it(conn: Any, catalog_unchanged: None) -> None:
+    qs = shape("conversation_latest_messages")
+    query, params = qs.variant().statements[0], qs.sample(conn, "hot")
+    found = findings(explain(conn, query, params))
+    seq = [f for f in found if f.rule == "seq_scan_selective_filter"]
+    assert seq and "Seq Scan on messages" in seq[0].message and "index" in seq[0].knob
+    with WhatIfIndex(load_indexes()["messages_conversation_created"]).applied(conn):
+        assert "seq_scan_selective_filter" not in rules(conn, query, params)
+
+
+def test_misestimate_fires_on_correlated_columns_and_extended_statistics_fix_it(conn: Any, catalog_unchanged: None) -> None:
+    conn.execute("CREATE TABLE public.wb_corr AS SELECT i, i % 100 AS a, i % 100 AS b FROM generate_series(1, 100000) i")
+    try:
+        conn.execute("ANALYZE public.wb_corr")
+        query = "SELECT count(*) FROM public.wb_corr WHERE a = 7 AND b = 7"
+        found = [f for f in findings(explain(conn, query)) if f.rule == "row_misestimate"]
+        assert found and "underestimate" in found[0].message, found
+        factor = explain(conn, query).nodes[-1].misestimate
+        assert factor is not None and factor >= 50, "a = 7 AND b = 7 is 1% of rows; independence guesses 0.01%"
+        with Statistics("public.wb_corr", ["a", "b"], kinds=("dependencies",)).applied(conn):
+            assert "row_misestimate" not in rules(conn, query)
+        assert "row_misestimate" in rules(conn, query), "revert dropped the statistics and re-analyzed"
+    finally:
+        conn.execute("DROP TABLE public.wb_corr")
+
+
+def test_spill_fires_with_tiny_work_mem_and_not_with_enough(conn: Any) -> None:
+    query = "SELECT id, content FROM ai_app.messages ORDER BY content LIMIT 5000"
+    with Setting("work_mem", "64kB").applied(conn):
+        spills = [f for f in findings(explain(conn, query)) if f.rule == "spill_to_disk"]
+    assert spills and "on disk" in spills[0].message and "work_mem" in spills[0].knob
+    with Setting("work_mem", "256MB").applied(conn):
+        assert "spill_to_disk" not in rules(conn, query)
+    assert conn.execute("SHOW work_mem").fetchone()[0] == "4MB", "the setting was reverted"
+
+
+def test_heap_fetches_fire_before_vacuum_and_not_after(conn: Any, catalog_unchanged: None) -> None:
+    conn.execute("CREATE TABLE public.wb_ios (a int, pad text) WITH (autovacuum_enabled = off)")
+    try:
+        conn.execute("INSERT INTO public.wb_ios SELECT i, 'x' FROM generate_series(1, 50000) i")
+        conn.execute("CREATE INDEX wb_ios_a ON public.wb_ios (a)")
+        conn.execute("ANALYZE public.wb_ios")
+        query = "SELECT a FROM public.wb_ios WHERE a < 20000"
+        with Setting("enable_seqscan", "off").applied(conn), Setting("enable_bitmapscan", "off").applied(conn):
+            found = findings(explain(conn, query))
+            assert [f.rule for f in found] == ["index_only_heap_fetches"] and "VACUUM" in found[0].knob
+            conn.execute("VACUUM public.wb_ios")
+            assert rules(conn, query) == []
+    finally:
+        conn.execute("DROP TABLE public.wb_ios")
+
+
+def test_nested_loop_with_a_huge_inner_loop_count_fires_and_hash_join_does_not(conn: Any) -> None:
+    query = (
+        "SELECT count(*) FROM ai_app.conversations c JOIN ai_app.users u ON u.id = c.user_id AND u.display_name <> c.title"
+    )
+    with Setting("enable_hashjoin", "off").applied(conn), Setting("enable_mergejoin", "off").applied(conn):
+        found = [f for f in findings(explain(conn, query)) if f.rule == "nested_loop_many_loops"]
+    assert found and "ran" in found[0].message
+    assert "nested_loop_many_loops" not in rules(conn, query)
+
+
+def test_rows_removed_by_filter_fires_when_the_index_misses_a_column(conn: Any, catalog_unchanged: None) -> None:
+    org = shape("usage_per_org_per_day").sample(conn, "hot")["org_id"]
+    query = "SELECT id FROM ai_app.messages WHERE org_id = %(org)s AND role = 'system'"
+    catalog = load_indexes()
+    with WhatIfIndex(catalog["messages_org_created"]).applied(conn):
+        conn.execute("SELECT set_config('enable_seqscan', 'off', true)")
+        found = [f for f in findings(explain(conn, query, {"org": org})) if f.rule == "rows_removed_by_filter"]
+        assert found and "discarded" in found[0].message and "role" in found[0].message
+    spec = catalog["messages_org_created"]
+    fixed = type(spec)(name="wb_org_role", table="messages", keys=("org_id", "role"))
+    with WhatIfIndex(fixed).applied(conn):
+        assert "rows_removed_by_filter" not in rules(conn, query, {"org": org})

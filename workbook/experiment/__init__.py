@@ -1,0 +1,16 @@
+"""Experiments: plans, findings, honest timings, reversible knobs, index costs and advice."""
+
+from .advise import Advice, Candidate, advise
+from .costs import index_costs
+from .findings import Finding, findings
+from .knobs import Index, IndexCost, Knob, Setting, Statistics, StatisticsTarget, Variant, WhatIfIndex
+from .plan import Plan, PlanNode, QueryFailed, explain, parse_plan
+from .runs import Arm, Comparison, Run, compare, context, measure, run_shape
+from .timing import Verdict, bootstrap_ratio, time_interleaved, verdict
+
+__all__ = [
+    "Advice", "Arm", "Candidate", "Comparison", "Finding", "Index", "IndexCost", "Knob", "Plan", "PlanNode",
+    "QueryFailed", "Run", "Setting", "Statistics", "StatisticsTarget", "Variant", "Verdict", "WhatIfIndex",
+    "advise", "bootstrap_ratio", "compare", "context", "explain", "findings", "index_costs", "measure",
+    "parse_plan", "run_shape", "time_interleaved", "verdict",
+]

@@ -1,0 +1,383 @@
+"""Index advice: candidates read from the query's plan, each verified by a what-if measurement.
+
+1. **Read the query.** ``EXPLAIN (VERBOSE)`` (not executed) names every relation the query reads
+   and the predicates, join conditions and sort keys the server itself resolved, on any database,
+   through views and CTEs, with aliases mapped to tables.
+2. **Propose** per table: B-tree with equality columns first (the more distinct first), then the
+   ORDER BY columns or one range column; an expression B-tree for ``col ->> 'key' = ...``; GIN
+   ``jsonb_path_ops`` for ``@>`` and default ``jsonb_ops`` for ``?``; HNSW for ``ORDER BY
+   embedding <=> ...`` (with the operator's class); a B-tree on join keys. Candidates an existing
+   index already covers are skipped.
+3. **Verify** each: build it in a transaction that is rolled back (:class:`WhatIfIndex`), check
+   the planner uses it, then time the query with and without it in interleaved turns on two
+   connections, and measure the index's size, build time and write cost
+   (:func:`workbook.experiment.costs.index_costs`).
+4. **Rank** the ones that are measurably faster by ``log(speedup) − ½·log(write slow-down) −
+   0.05·log2(size in MB)``, and say why the others were dropped; with no suggestion, the reason
+   says why.
+
+On a read-only target nothing can be built: the candidates come back unverified, and the reason
+says how to measure them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from ..dataset.indexes import IndexSpec
+from ..errors import WorkbookError
+from .costs import index_costs
+from .knobs import WhatIfIndex
+from .plan import Plan, PlanNode, explain
+from .timing import time_interleaved, verdict
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..cluster.target import Target
+
+_IDENT = r'(?:"[^"]+"|[A-Za-z_][\w$]*)'
+_COL = rf"(?:({_IDENT})\.)?({_IDENT})"
+_JSON_KEY = re.compile(rf"\({_COL} ->> '((?:[^']|'')*)'::text\) = ")
+_CONTAINS = re.compile(rf"\({_COL} @> ")
+_EXISTS = re.compile(rf"\({_COL} \?[|&]? ")
+_COMPARE = re.compile(rf"\({_COL} (=|<|<=|>|>=) (?:ANY \()?")
+_BETWEEN_REVERSED = re.compile(rf" (=|<|<=|>|>=) {_COL}\)")
+_VECTOR_OPS = {"<->": "vector_l2_ops", "<=>": "vector_cosine_ops", "<#>": "vector_ip_ops"}
+_SORT_VECTOR = re.compile(rf"^\({_COL} (<->|<=>|<#>) ")
+_SORT_COL = re.compile(rf"^{_COL}(?: (DESC|ASC))?(?: NULLS (?:FIRST|LAST))?$")
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name
+
+
+@dataclass
+class _TableUse:
+    schema: str
+    table: str
+    aliases: set[str] = field(default_factory=set)
+    eq: list[str] = field(default_factory=list)
+    range: list[str] = field(default_factory=list)
+    sort: list[tuple[str, str]] = field(default_factory=list)  # (column, direction)
+    json_keys: list[tuple[str, str]] = field(default_factory=list)  # (column, key)
+    contains: list[str] = field(default_factory=list)
+    exists: list[str] = field(default_factory=list)
+    vector: list[tuple[str, str]] = field(default_factory=list)  # (column, opclass)
+    joins: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass
+class Candidate:
+    table: str  # schema.table
+    columns: list[str]  # key expressions as written in the DDL
+    method: str
+    why: str
+    spec: IndexSpec = field(repr=False)
+    ddl: str = ""
+    verified: bool = False
+    used: bool | None = None
+    speedup: float | None = None
+    ci: tuple[float, float] | None = None
+    verdict: str | None = None
+    verdict_kind: str | None = None
+    plan_before: str | None = None
+    plan_after: str | None = None
+    size_bytes: int | None = None
+    build_seconds: float | None = None
+    write_ratio: float | None = None
+    score: float | None = None
+    rejected_because: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("spec")
+        return out
+
+
+@dataclass
+class Advice:
+    sql: str
+    suggestions: list[Candidate]
+    rejected: list[Candidate]
+    reason: str
+    baseline_plan: Plan | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sql": self.sql,
+            "suggestions": [c.as_dict() for c in self.suggestions],
+            "rejected": [c.as_dict() for c in self.rejected],
+            "reason": self.reason,
+            "baseline_plan": self.baseline_plan.summary() if self.baseline_plan else None,
+        }
+
+
+# --------------------------------------------------------------------------- reading the plan
+def _uses(plan: Plan) -> dict[str, _TableUse]:
+    """Per table: the predicates, sort keys and join keys the plan shows on it."""
+    by_alias: dict[str, _TableUse] = {}
+    tables: dict[str, _TableUse] = {}
+    for node in plan.nodes:
+        schema, rel = node.get("Schema"), node.get("Relation Name")
+        if rel and schema and node.node_type not in ("ModifyTable",):
+            use = tables.setdefault(f"{schema}.{rel}", _TableUse(schema, rel))
+            use.aliases.add(node.alias or rel)
+            by_alias[node.alias or rel] = use
+
+    def owner(qualifier: str | None, node: PlanNode | None) -> _TableUse | None:
+        if qualifier is not None:
+            return by_alias.get(_unquote(qualifier))
+        if node is not None and node.alias in by_alias:
+            return by_alias[node.alias]
+        return None
+
+    for node in plan.nodes:
+        scan_use = by_alias.get(node.alias) if node.alias else None
+        for key in ("Filter", "Index Cond", "Recheck Cond"):
+            expr = node.get(key)
+            if not expr:
+                continue
+            for m in _JSON_KEY.finditer(expr):
+                u = owner(m.group(1), node)
+                if u:
+                    u.json_keys.append((_unquote(m.group(2)), m.group(3).replace("''", "'")))
+            for m in _CONTAINS.finditer(expr):
+                u = owner(m.group(1), node)
+                if u:
+                    u.contains.append(_unquote(m.group(2)))
+            for m in _EXISTS.finditer(expr):
+                u = owner(m.group(1), node)
+                if u:
+                    u.exists.append(_unquote(m.group(2)))
+            for m in _COMPARE.finditer(expr):
+                u = owner(m.group(1), node)
+                if u is None or (scan_use is not None and u is not scan_use):
+                    continue
+                (u.eq if m.group(3) == "=" else u.range).append(_unquote(m.group(2)))
+            for m in _BETWEEN_REVERSED.finditer(expr):  # "(5 < t.col)" forms
+                u = owner(m.group(2), node)
+                if u is not None and (scan_use is None or u is scan_use):
+                    (u.eq if m.group(1) == "=" else u.range).append(_unquote(m.group(3)))
+        for key in ("Hash Cond", "Merge Cond", "Join Filter"):
+            expr = node.get(key)
+            if expr:
+                for m in re.finditer(rf"{_COL} = {_COL}", expr):
+                    for q, c in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
+                        u = owner(q, None)
+                        if u:
+                            u.joins.append(_unquote(c))
+        if node.node_type in ("Sort", "Incremental Sort") and node.get("Sort Key"):
+            keys = node.get("Sort Key")
+            vec = _SORT_VECTOR.match(keys[0])
+            if vec:
+                u = owner(vec.group(1), None) or (next(iter(tables.values())) if len(tables) == 1 else None)
+                if u:
+                    u.vector.append((_unquote(vec.group(2)), _VECTOR_OPS[vec.group(3)]))
+                continue
+            parsed = [_SORT_COL.match(k) for k in keys]
+            if all(parsed):
+                owners = {id(owner(p.group(1), None) or (next(iter(tables.values())) if len(tables) == 1 else None))  # type: ignore[union-attr]
+                          for p in parsed}  # fmt: skip
+                u = owner(parsed[0].group(1), None) or (next(iter(tables.values())) if len(tables) == 1 else None)  # type: ignore[union-attr]
+                if u is not None and len(owners) == 1:
+                    u.sort = [(_unquote(p.group(2)), p.group(3) or "ASC") for p in parsed]  # type: ignore[union-attr]
+    return tables
+
+
+def _dedupe(xs: list[str]) -> list[str]:
+    return list(dict.fromkeys(xs))
+
+
+def _distinct(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, float]:
+    """Estimated distinct values per column (pg_stats; negative n_distinct is a fraction of rows)."""
+    rows = conn.execute(
+        "SELECT s.attname, s.n_distinct, c.reltuples FROM pg_stats s"
+        " JOIN pg_class c ON c.relname = s.tablename JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname"
+        " WHERE s.schemaname = %s AND s.tablename = %s",
+        (schema, table),
+    ).fetchall()
+    return {r[0]: (float(r[1]) if r[1] >= 0 else -float(r[1]) * max(float(r[2]), 1.0)) for r in rows}
+
+
+def _existing_btree_prefixes(conn: psycopg.Connection[Any], schema: str, table: str) -> list[list[str]]:
+    rows = conn.execute(
+        "SELECT array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(attnum, n)"
+        "             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n)"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam"
+        " WHERE n.nspname = %s AND c.relname = %s AND am.amname = 'btree' AND i.indpred IS NULL AND i.indisvalid",
+        (schema, table),
+    ).fetchall()
+    return [[c for c in r[0]] for r in rows]
+
+
+def _candidates(conn: psycopg.Connection[Any], uses: dict[str, _TableUse]) -> list[Candidate]:
+    out: list[Candidate] = []
+    seen: set[tuple[str, tuple[str, ...], str]] = set()
+
+    def ident(col: str) -> str:
+        return sql.Identifier(col).as_string(conn)
+
+    def add(use: _TableUse, keys: list[str], method: str, why: str, plain: list[str] | None = None,
+            opclass_keys: list[str] | None = None) -> None:  # fmt: skip
+        sig = (use.name, tuple(keys), method)
+        if sig in seen or not keys:
+            return
+        if method == "btree" and plain is not None:
+            for existing in _existing_btree_prefixes(conn, use.schema, use.table):
+                if existing[: len(plain)] == plain:
+                    return  # an index already starts with these columns
+        seen.add(sig)
+        name = f"wb_advice_{use.table}_{'_'.join(re.sub(r'[^a-z0-9]+', '_', k.lower()).strip('_') for k in keys)}"[:63]
+        spec = IndexSpec(name=name, table=use.table, keys=tuple(opclass_keys or keys), method=method, schema=use.schema)
+        shown = [re.sub(r'"([a-z_][a-z0-9_$]*)"', r"\1", k) for k in keys]  # plain names where quotes are not needed
+        out.append(Candidate(use.name, shown, method, why, spec, ddl=spec.create().as_string(conn)))
+
+    for use in uses.values():
+        nd = _distinct(conn, use.schema, use.table)
+        eq = sorted(_dedupe(use.eq), key=lambda c: -nd.get(c, 0.0))
+        rng = [c for c in _dedupe(use.range) if c not in eq]
+        sort_cols = [c for c, _ in use.sort]
+        mixed = len({d for _, d in use.sort}) > 1
+        sort_keys = [f"{ident(c)} {d}" if mixed else ident(c) for c, d in use.sort]
+        if eq and use.sort:
+            add(use, [ident(c) for c in eq] + sort_keys, "btree",
+                "equality columns first, then the ORDER BY: rows come out in order, no sort", eq + sort_cols)  # fmt: skip
+        if eq and rng:
+            add(use, [ident(c) for c in eq] + [ident(rng[0])], "btree",
+                "equality columns first, then the range column", eq + rng[:1])  # fmt: skip
+        if eq:
+            add(use, [ident(c) for c in eq], "btree", "the equality predicates", eq)
+        if not eq and rng:
+            add(use, [ident(rng[0])], "btree", "the range predicate", rng[:1])
+        if not eq and use.sort:
+            add(use, sort_keys, "btree", "the ORDER BY (with LIMIT, the first rows without a sort)", sort_cols)
+        for col, key in _dedupe_pairs(use.json_keys):
+            expr = sql.SQL("({} ->> {})").format(sql.Identifier(col), sql.Literal(key)).as_string(conn)
+            add(use, [ident(c) for c in eq] + [expr], "btree", f"expression index for {col} ->> '{key}' = ...")
+            if eq:
+                add(use, [expr], "btree", f"expression index for {col} ->> '{key}' = ...")
+        for col in _dedupe(use.contains):
+            add(use, [ident(col)], "gin", f"containment (@>) on {col}: GIN jsonb_path_ops",
+                opclass_keys=[f"{ident(col)} jsonb_path_ops"])  # fmt: skip
+        for col in _dedupe(use.exists):
+            add(use, [ident(col)], "gin", f"key existence (?) on {col}: GIN with the default jsonb_ops")
+        for col, ops in _dedupe_pairs(use.vector):
+            add(use, [ident(col)], "hnsw", f"nearest neighbours by {ops}: an HNSW graph",
+                opclass_keys=[f"{ident(col)} {ops}"])  # fmt: skip
+        for col in _dedupe(use.joins):
+            add(use, [ident(col)], "btree", f"join key {col}: lets a nested loop look rows up", [col])
+    return out
+
+
+def _dedupe_pairs(xs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(xs))
+
+
+# --------------------------------------------------------------------------- verifying
+def advise(
+    target: Target,
+    query: str,
+    params: dict[str, Any] | tuple[Any, ...] | None = None,
+    *,
+    repeats: int = 15,
+    warmup: int = 2,
+    max_candidates: int = 6,
+    measure_write_cost: bool = True,
+    timeout_s: float = 30.0,
+) -> Advice:
+    """Propose indexes for ``query`` and verify each by a what-if measurement (see module doc)."""
+    with target.connect() as conn:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+        estimate = explain(conn, query, params, analyze=False, timeout_s=timeout_s)
+        if estimate.root.node_type == "ModifyTable":
+            raise WorkbookError(
+                "advise() measures reads; for an UPDATE/DELETE, advise the SELECT with the same WHERE clause "
+                "(the index that finds the rows is the one that helps)"
+            )
+        uses = _uses(estimate)
+        candidates = _candidates(conn, uses)[:max_candidates]
+        if not uses:
+            return Advice(query, [], [], "the query reads no table, so no index can help", estimate)
+        if not candidates:
+            return Advice(query, [], [], _nothing_to_index(estimate, uses), estimate)
+        if not target.allow_writes:
+            return Advice(
+                query, candidates, [],
+                "the target is read-only, so these candidates come from the plan and are NOT measured; "
+                "run advise on a writable copy (--allow-writes) to verify them with what-if indexes",
+                estimate,
+            )  # fmt: skip
+        baseline = explain(conn, query, params, timeout_s=timeout_s)
+    suggestions, rejected = [], []
+    for cand in candidates:
+        _verify(target, query, params, cand, baseline, repeats=repeats, warmup=warmup, timeout_s=timeout_s,
+                write_cost=measure_write_cost)  # fmt: skip
+        (suggestions if cand.rejected_because is None else rejected).append(cand)
+    suggestions.sort(key=lambda c: -(c.score or 0.0))
+    if suggestions:
+        best = suggestions[0]
+        reason = f"{len(suggestions)} of {len(candidates)} candidates are measurably faster; best: {best.ddl} ({best.verdict})"
+    else:
+        reason = "no candidate helps: " + "; ".join(f"{', '.join(c.columns)} ({c.method}): {c.rejected_because}" for c in rejected)
+    return Advice(query, suggestions, rejected, reason, baseline)
+
+
+def _nothing_to_index(plan: Plan, uses: dict[str, _TableUse]) -> str:
+    scans = ", ".join(f"{node} on {t}" + (f" using {i}" if i else "") for node, t, i in plan.scans())
+    searched = any(u.eq or u.range or u.sort or u.json_keys or u.contains or u.exists or u.vector or u.joins
+                   for u in uses.values())  # fmt: skip
+    if searched:
+        return f"existing indexes already serve every predicate, join and ORDER BY of the query ({scans}); nothing to add"
+    return (
+        f"the query has no predicate, join or ORDER BY that an index could serve ({scans}): "
+        "it reads whole tables, and no index makes reading everything cheaper"
+    )
+
+
+def _verify(
+    target: Target, query: str, params: Any, cand: Candidate, baseline: Plan, *,
+    repeats: int, warmup: int, timeout_s: float, write_cost: bool,
+) -> None:  # fmt: skip
+    knob = WhatIfIndex(cand.spec)
+    cand.plan_before = baseline.summary()
+    with target.connect() as base, target.connect() as treat:
+        for c in (base, treat):
+            c.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+        with knob.applied(treat), base.transaction(force_rollback=True):  # both sides inside a transaction
+            cand.size_bytes, cand.build_seconds = knob.cost.size_bytes, knob.cost.build_seconds
+            after = explain(treat, query, params, timeout_s=timeout_s)
+            cand.plan_after = after.summary()
+            cand.used = after.uses_index(cand.spec.name)
+            if not cand.used:
+                cand.verified = True
+                cand.rejected_because = "the planner does not use it for this query"
+                return
+
+            def run(c: Any) -> Any:
+                return lambda: c.execute(query, params, prepare=True).fetchall()
+
+            a, b = time_interleaved([run(base), run(treat)], repeats=repeats, warmup=warmup)
+    v = verdict(a, b)
+    cand.verified = True
+    cand.speedup, cand.ci, cand.verdict, cand.verdict_kind = round(v.ratio, 3), (round(v.ci_low, 3), round(v.ci_high, 3)), v.text, v.kind
+    if v.kind != "faster":
+        cand.rejected_because = v.text
+        return
+    if write_cost:
+        cost = index_costs(target, cand.spec, rounds=4, reps=20)
+        cand.write_ratio = cost.write_ratio
+    size_mb = (cand.size_bytes or 0) / 2**20
+    cand.score = round(
+        math.log(v.ratio) - 0.5 * math.log(max(cand.write_ratio or 1.0, 1e-3)) - 0.05 * math.log2(1 + size_mb), 4
+    )

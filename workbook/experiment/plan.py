@@ -1,0 +1,372 @@
+"""Query plans: run ``EXPLAIN (ANALYZE, BUFFERS, SETTINGS, WAL, VERBOSE, FORMAT JSON)`` and parse it.
+
+:func:`explain` always runs the statement inside a transaction (or a savepoint, when the caller
+is already in one) that is **rolled back**, so an ``INSERT``/``UPDATE``/``DELETE`` shows its
+real plan and leaves every row as it was. A statement timeout bounds a runaway query.
+
+:class:`Plan` holds the tree of :class:`PlanNode` and a DataFrame view (one row per node):
+estimated vs actual rows (both × loops), the misestimate factor, inclusive and exclusive time,
+buffers, spills and parallel workers. The parser reads the JSON of PostgreSQL 13 to 18: keys that
+a version lacks are simply absent (``Shared I/O Read Time`` is ``I/O Read Time`` before 16,
+``Actual Rows`` became fractional in 18, ``Disabled`` and ``Index Searches`` are new in 18).
+
+Time accounting follows the convention of explain.depesz.com and PEV2: a node's inclusive time is
+``Actual Total Time × Actual Loops``; inside a parallel plan the loops are spread over the
+workers, so it is divided by the number of processes (workers launched + the leader); exclusive
+time is inclusive minus the children's inclusive time, never below zero (InitPlans and CTEs run
+inside their parent's clock).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import WorkbookError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class QueryFailed(WorkbookError):
+    """The server rejected or aborted the statement (syntax error, timeout ...); nothing changed."""
+
+
+@dataclass
+class PlanNode:
+    """One node of an executed (or estimated) plan."""
+
+    id: int
+    node_type: str
+    raw: dict[str, Any] = field(repr=False)
+    children: list[PlanNode] = field(default_factory=list, repr=False)
+    parent: PlanNode | None = field(default=None, repr=False)
+    depth: int = 0
+    parallel_divisor: int = 1  # processes sharing this node's loops (inside Gather: workers + leader)
+
+    # ---- identity
+    @property
+    def relation(self) -> str | None:
+        rel = self.raw.get("Relation Name")
+        if rel is None:
+            return None
+        schema = self.raw.get("Schema")
+        return f"{schema}.{rel}" if schema else rel
+
+    @property
+    def alias(self) -> str | None:
+        return self.raw.get("Alias")
+
+    @property
+    def index(self) -> str | None:
+        return self.raw.get("Index Name")
+
+    @property
+    def label(self) -> str:
+        """``Index Scan using i on messages m``-style one-liner, as EXPLAIN's text format prints."""
+        parts = [("Parallel " if self.raw.get("Parallel Aware") else "") + self.node_type]
+        if self.raw.get("Strategy") and self.node_type == "Aggregate":
+            parts = [f"{self.raw['Strategy'].replace('Plain', '')}Aggregate".strip()]
+        if self.index:
+            parts.append(f"using {self.index}")
+        if self.raw.get("Relation Name"):
+            parts.append(f"on {self.raw['Relation Name']}")
+            if self.alias and self.alias != self.raw["Relation Name"]:
+                parts.append(self.alias)
+        elif self.raw.get("CTE Name"):
+            parts.append(f"on {self.raw['CTE Name']}")
+        if self.raw.get("Subplan Name"):
+            parts.insert(0, f"[{self.raw['Subplan Name']}]")
+        return " ".join(parts)
+
+    # ---- rows
+    @property
+    def loops(self) -> int:
+        return int(self.raw.get("Actual Loops", 1 if "Actual Rows" in self.raw else 0))
+
+    @property
+    def executed(self) -> bool:
+        return "Actual Loops" in self.raw and self.loops > 0
+
+    @property
+    def estimated_rows(self) -> float:
+        """The planner's rows per loop times the loops that ran (what it expected in total)."""
+        return float(self.raw.get("Plan Rows", 0)) * max(self.loops, 1)
+
+    @property
+    def actual_rows(self) -> float | None:
+        if "Actual Rows" not in self.raw:
+            return None
+        return float(self.raw["Actual Rows"]) * self.loops
+
+    @property
+    def misestimate(self) -> float | None:
+        """How many times off the row estimate was (≥ 1), per loop; None when not executed."""
+        if not self.executed:
+            return None
+        est = max(float(self.raw.get("Plan Rows", 0)), 1.0)
+        act = max(float(self.raw["Actual Rows"]), 1.0)
+        return max(est, act) / min(est, act)
+
+    @property
+    def misestimate_direction(self) -> str | None:
+        if not self.executed:
+            return None
+        est, act = float(self.raw.get("Plan Rows", 0)), float(self.raw["Actual Rows"])
+        return "under" if act > est else "over" if act < est else "exact"
+
+    # ---- time (milliseconds)
+    @property
+    def inclusive_ms(self) -> float | None:
+        if not self.executed or "Actual Total Time" not in self.raw:
+            return None
+        return float(self.raw["Actual Total Time"]) * self.loops / self.parallel_divisor
+
+    @property
+    def exclusive_ms(self) -> float | None:
+        inc = self.inclusive_ms
+        if inc is None:
+            return None
+        kids = sum(c.inclusive_ms or 0.0 for c in self.children)
+        return max(inc - kids, 0.0)
+
+    # ---- what the node did
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+    @property
+    def spilled(self) -> bool:
+        """A sort, hash or aggregate that wrote to disk instead of staying in ``work_mem``."""
+        if self.raw.get("Sort Space Type") == "Disk" or "external" in str(self.raw.get("Sort Method", "")):
+            return True
+        if int(self.raw.get("Hash Batches", 1) or 1) > 1:
+            return True
+        if int(self.raw.get("Disk Usage", 0) or 0) > 0 or int(self.raw.get("HashAgg Batches", 1) or 1) > 1:
+            return True
+        return False
+
+    @property
+    def workers_launched(self) -> int | None:
+        value = self.raw.get("Workers Launched")
+        return None if value is None else int(value)
+
+    def walk(self) -> list[PlanNode]:
+        out = [self]
+        for c in self.children:
+            out.extend(c.walk())
+        return out
+
+
+@dataclass
+class Plan:
+    """A parsed EXPLAIN: the node tree plus the statement-level figures."""
+
+    root: PlanNode
+    raw: dict[str, Any] = field(repr=False)
+    sql: str = ""
+    params: dict[str, Any] | None = None
+
+    @property
+    def analyzed(self) -> bool:
+        return "Execution Time" in self.raw
+
+    @property
+    def execution_ms(self) -> float | None:
+        v = self.raw.get("Execution Time")
+        return None if v is None else float(v)
+
+    @property
+    def planning_ms(self) -> float | None:
+        v = self.raw.get("Planning Time")
+        return None if v is None else float(v)
+
+    @property
+    def total_cost(self) -> float:
+        return float(self.root.raw.get("Total Cost", 0.0))
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Settings that differ from the built-in defaults (``EXPLAIN (SETTINGS)``)."""
+        return dict(self.raw.get("Settings") or {})
+
+    @property
+    def jit(self) -> dict[str, Any] | None:
+        return self.raw.get("JIT")
+
+    @property
+    def jit_ms(self) -> float:
+        jit = self.jit or {}
+        timing = jit.get("Timing") or {}
+        total = timing.get("Total")
+        if isinstance(total, dict):  # PG 15+: {"Total": {"Time": ...}} in some builds
+            total = total.get("Time")
+        return float(total or 0.0)
+
+    @property
+    def nodes(self) -> list[PlanNode]:
+        return self.root.walk()
+
+    @property
+    def shared_hit(self) -> int:
+        return int(self.root.raw.get("Shared Hit Blocks", 0) or 0)
+
+    @property
+    def shared_read(self) -> int:
+        return int(self.root.raw.get("Shared Read Blocks", 0) or 0)
+
+    @property
+    def cache_state(self) -> str:
+        """``warm`` when every page came from shared buffers, else how many were read."""
+        hit, read = self.shared_hit, self.shared_read
+        if hit + read == 0:
+            return "no buffers touched"
+        if read == 0:
+            return "warm"
+        return f"partly cold ({read} of {hit + read} pages read outside shared buffers)"
+
+    def scans(self) -> list[tuple[str, str | None, str | None]]:
+        """``(node type, relation, index)`` of every node that reads a relation."""
+        return [(n.node_type, n.relation, n.index) for n in self.nodes if n.relation]
+
+    def uses_index(self, name: str) -> bool:
+        return any(n.index == name or name in str(n.raw.get("Index Name", "")) for n in self.nodes)
+
+    def summary(self) -> str:
+        """The access path in one line: ``Limit > Sort > Seq Scan on messages``."""
+        return " > ".join(n.label for n in self.nodes if n.parent is None or n.node_type != "Result")[:400]
+
+    def frame(self) -> pd.DataFrame:
+        """One row per node, in depth-first order."""
+        import pandas as pd
+
+        rows = []
+        for n in self.nodes:
+            r = n.raw
+            rows.append(
+                {
+                    "id": n.id,
+                    "parent_id": None if n.parent is None else n.parent.id,
+                    "depth": n.depth,
+                    "node": n.label,
+                    "node_type": n.node_type,
+                    "relation": n.relation,
+                    "index": n.index,
+                    "parent_relationship": r.get("Parent Relationship"),
+                    "subplan": r.get("Subplan Name"),
+                    "estimated_rows": n.estimated_rows,
+                    "actual_rows": n.actual_rows,
+                    "loops": n.loops,
+                    "misestimate": n.misestimate,
+                    "misestimate_direction": n.misestimate_direction,
+                    "inclusive_ms": n.inclusive_ms,
+                    "exclusive_ms": n.exclusive_ms,
+                    "shared_hit": int(r.get("Shared Hit Blocks", 0) or 0),
+                    "shared_read": int(r.get("Shared Read Blocks", 0) or 0),
+                    "temp_read": int(r.get("Temp Read Blocks", 0) or 0),
+                    "temp_written": int(r.get("Temp Written Blocks", 0) or 0),
+                    "rows_removed_by_filter": int(r.get("Rows Removed by Filter", 0) or 0) * max(n.loops, 1),
+                    "heap_fetches": int(r.get("Heap Fetches", 0) or 0) * max(n.loops, 1),
+                    "spilled": n.spilled,
+                    "workers_planned": r.get("Workers Planned"),
+                    "workers_launched": r.get("Workers Launched"),
+                    "total_cost": float(r.get("Total Cost", 0.0)),
+                    "filter": r.get("Filter"),
+                    "index_cond": r.get("Index Cond"),
+                    "sort_key": ", ".join(r.get("Sort Key") or []) or None,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw)
+
+
+def parse_plan(document: Any, *, sql: str = "", params: dict[str, Any] | None = None) -> Plan:
+    """Parse EXPLAIN's FORMAT JSON output (the list, its first element, or its text)."""
+    if isinstance(document, (str, bytes)):
+        document = json.loads(document)
+    if isinstance(document, list):
+        if not document:
+            raise WorkbookError("empty EXPLAIN output")
+        document = document[0]
+    if not isinstance(document, dict) or "Plan" not in document:
+        raise WorkbookError("not EXPLAIN (FORMAT JSON) output: no 'Plan' key")
+    counter = iter(range(1_000_000))
+
+    def build(raw: dict[str, Any], parent: PlanNode | None, depth: int, divisor: int) -> PlanNode:
+        node = PlanNode(next(counter), str(raw.get("Node Type", "?")), raw, parent=parent, depth=depth)
+        node.parallel_divisor = divisor
+        child_divisor = divisor
+        if node.node_type in ("Gather", "Gather Merge"):
+            launched = int(raw.get("Workers Launched", raw.get("Workers Planned", 0)) or 0)
+            leader = 0 if raw.get("Single Copy") else 1
+            child_divisor = max(1, launched + leader)
+        for child in raw.get("Plans") or []:
+            node.children.append(build(child, node, depth + 1, child_divisor))
+        return node
+
+    root = build(document["Plan"], None, 0, 1)
+    return Plan(root=root, raw=document, sql=sql, params=params)
+
+
+def explain(
+    conn: psycopg.Connection[Any],
+    sql: str,
+    params: dict[str, Any] | tuple[Any, ...] | None = None,
+    *,
+    analyze: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    verbose: bool = True,
+) -> Plan:
+    """EXPLAIN a statement, executing it (``analyze``) inside a transaction that is rolled back.
+
+    Raises :class:`QueryFailed` with the server's message (syntax error, unknown column,
+    statement timeout ...); the connection is left usable and nothing is changed.
+    """
+    import psycopg
+
+    options = ["FORMAT JSON"]
+    if analyze:
+        options = ["ANALYZE", "BUFFERS", "WAL", *options]
+    options.insert(0, "SETTINGS")
+    if verbose:
+        options.insert(0, "VERBOSE")
+    version = conn.info.server_version
+    if version < 130000:
+        raise WorkbookError(f"PostgreSQL {version // 10000} is too old: EXPLAIN (WAL) needs 13 or newer")
+    text = f"EXPLAIN ({', '.join(options)}) {sql}"
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}ms",))
+            row = conn.execute(text, params).fetchone()  # type: ignore[arg-type]
+    except psycopg.errors.QueryCanceled as exc:
+        raise QueryFailed(
+            f"the statement ran past the {timeout_s:g} s statement timeout and was cancelled (nothing changed); "
+            "add an index, narrow the query, or raise timeout_s"
+        ) from exc
+    except psycopg.Error as exc:
+        message = _server_message(exc, offset=len(text) - len(sql))
+        raise QueryFailed(f"the server rejected the statement (nothing changed): {message}") from exc
+    assert row is not None
+    return parse_plan(row[0], sql=sql, params=params if isinstance(params, dict) else None)
+
+
+def _server_message(exc: Exception, offset: int = 0) -> str:
+    """The server's error text; a position is given in the user's statement, not the EXPLAIN around it."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    text = primary or " ".join(str(exc).split())
+    pos = getattr(diag, "statement_position", None)
+    if pos and primary and int(pos) > offset:
+        return f"{text} (at character {int(pos) - offset} of the statement)"
+    return text
+
+
+def log_factor(x: float | None) -> float:
+    """log10 of a misestimate factor, for colour scales (0 when unknown)."""
+    return 0.0 if not x else math.log10(x)

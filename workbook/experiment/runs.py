@@ -1,0 +1,382 @@
+"""Runs and comparisons: a query shape measured under knobs, and two arms set side by side.
+
+:func:`measure` runs one or more **arms** (a variant plus knobs) of a shape. Each arm gets its own
+connection with its session and what-if knobs applied, so the arms' timings interleave turn by
+turn (see :mod:`workbook.experiment.timing`). Knobs that change the database for everyone (a real
+index, statistics) cannot interleave: then the arms run one after the other, each with its knobs
+applied and reverted, and the result says ``interleaved=False``.
+
+After timing, each arm's plan is captured on the same warmed connection with ``EXPLAIN
+(ANALYZE, BUFFERS ...)`` (rolled back), with its findings and cache state. Every run carries its
+context: server version and settings, the dataset (seed, scale, checksum), the host, and other
+sessions active at the time. Knobs are always reverted, also when the query fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..dataset.shapes import QueryShape, shape as load_shape
+from ..errors import WorkbookError
+from .findings import Finding, findings
+from .knobs import Knob, Variant, WhatIfIndex
+from .plan import Plan, QueryFailed, _server_message, explain
+from .timing import Verdict, median, p95, time_interleaved, verdict
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..cluster.target import Target
+    from ..results.store import ResultsStore
+
+DEFAULT_TIMEOUT_S = 30.0
+_SETTINGS = (
+    "shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "seq_page_cost", "jit",
+    "max_parallel_workers_per_gather", "default_statistics_target", "effective_io_concurrency", "maintenance_work_mem",
+)  # fmt: skip
+
+
+@dataclass
+class Arm:
+    """One side of an experiment: a label, the shape's variant, and the knobs applied."""
+
+    label: str = "baseline"
+    variant: str | None = None
+    knobs: tuple[Knob, ...] = ()
+
+    def resolved_variant(self, qs: QueryShape) -> str:
+        named = [k.name for k in self.knobs if isinstance(k, Variant)]
+        return qs.variant(named[-1] if named else self.variant).name
+
+
+@dataclass
+class Run:
+    """One arm measured: its timings, its plan and findings, and the context."""
+
+    run_id: str
+    label: str
+    shape: str
+    variant: str
+    tier: str
+    sql: str
+    params: list[dict[str, Any]]
+    knobs: list[dict[str, Any]]
+    samples_ms: list[float]
+    plan: Plan | None
+    findings: list[Finding]
+    context: dict[str, Any]
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    arm: str | None = None
+    comparison_id: str | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return median(self.samples_ms) if self.samples_ms else None
+
+    @property
+    def p95_ms(self) -> float | None:
+        return p95(self.samples_ms) if self.samples_ms else None
+
+    @property
+    def cache(self) -> str:
+        return self.plan.cache_state if self.plan is not None else "unknown"
+
+    def record(self) -> dict[str, Any]:
+        """The run as a row of the results store."""
+        return {
+            "run_id": self.run_id, "created_at": self.created_at, "comparison_id": self.comparison_id, "arm": self.arm,
+            "shape": self.shape, "variant": self.variant, "tier": self.tier, "label": self.label, "sql": self.sql,
+            "params": self.params, "knobs": self.knobs, "plan": self.plan.raw if self.plan else None,
+            "plan_summary": self.plan.summary() if self.plan else None,
+            "findings": [f.as_dict() for f in self.findings], "samples_ms": self.samples_ms,
+            "median_ms": self.median_ms, "p95_ms": self.p95_ms, "cache": self.cache, "context": self.context,
+        }  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        out = self.record()
+        out["created_at"] = self.created_at.isoformat()
+        out["scans"] = [list(s) for s in self.plan.scans()] if self.plan else []
+        out.pop("plan")
+        out.pop("samples_ms")
+        out["repeats"] = len(self.samples_ms)
+        return out
+
+
+@dataclass
+class Comparison:
+    """Baseline and treatment of one shape, with the verdict and how it was measured."""
+
+    comparison_id: str
+    shape: str
+    baseline: Run
+    treatment: Run
+    verdict: Verdict
+    interleaved: bool
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def plan_changed(self) -> bool:
+        a, b = self.baseline.plan, self.treatment.plan
+        return a is not None and b is not None and a.summary() != b.summary()
+
+    @property
+    def knobs(self) -> list[dict[str, Any]]:
+        return self.treatment.knobs
+
+    def summary(self) -> str:
+        b, t = self.baseline, self.treatment
+        lines = [
+            f"{self.shape}: {t.label} vs {b.label}: {self.verdict.text}",
+            f"  median {b.median_ms:.3f} ms -> {t.median_ms:.3f} ms; p95 {b.p95_ms:.3f} -> {t.p95_ms:.3f} ms;"
+            f" {len(t.samples_ms)} {'interleaved' if self.interleaved else 'sequential'} repetitions; cache {t.cache}",
+        ]
+        if b.plan and t.plan:
+            lines.append(f"  plan before: {b.plan.summary()}")
+            lines.append(f"  plan after:  {t.plan.summary()}")
+        for f in t.findings:
+            lines.append(f"  finding: {f.message} -> {f.knob}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def record(self) -> dict[str, Any]:
+        v = self.verdict
+        return {
+            "comparison_id": self.comparison_id, "created_at": self.created_at, "shape": self.shape,
+            "baseline_run": self.baseline.run_id, "treatment_run": self.treatment.run_id, "ratio": v.ratio,
+            "ci_low": v.ci_low, "ci_high": v.ci_high, "verdict": v.text, "verdict_kind": v.kind,
+            "interleaved": self.interleaved, "knobs": self.knobs, "extra": self.extra,
+            "context": self.treatment.context,
+        }  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "comparison_id": self.comparison_id, "shape": self.shape, "verdict": self.verdict.as_dict(),
+            "interleaved": self.interleaved, "plan_changed": self.plan_changed,
+            "baseline": self.baseline.as_dict(), "treatment": self.treatment.as_dict(), **self.extra,
+        }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- context
+def context(conn: psycopg.Connection[Any], target: Target, store: ResultsStore | None = None) -> dict[str, Any]:
+    """What could skew a measurement, recorded with it (no password ever: host, port, db only)."""
+    from ..cluster.target import dsn_params
+    from ..dataset.checksum import checksum
+    from ..dataset.loader import SCHEMA, dataset_info
+
+    import psutil
+
+    settings = dict(
+        conn.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", (list(_SETTINGS),)).fetchall()
+    )
+    others = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchone()[0]  # type: ignore[index]
+    params = dsn_params(target.primary.dsn)
+    out: dict[str, Any] = {
+        "server_version": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
+        "settings": settings,
+        "other_active_sessions": int(others),
+        "target": {"kind": target.kind, "host": params.get("host") or params.get("hostaddr") or "local",
+                   "port": params.get("port"), "dbname": params.get("dbname")},  # fmt: skip
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                 "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+                 "load_average_1m": round(os.getloadavg()[0], 2)},  # fmt: skip
+        "dataset": None,
+    }
+    info = dataset_info(conn)
+    if info is not None:
+        ds: dict[str, Any] = {"seed": info.seed, "scale": info.scale, "generator_version": info.generator_version}
+        if store is not None:
+            row = conn.execute(
+                f"SELECT (SELECT system_identifier FROM pg_control_system())::text || ':' || loaded_at::text FROM {SCHEMA}.dataset_info"
+            ).fetchone()
+            key = str(row[0]) if row else ""
+            ds["checksum"] = store.cached_checksum(key, lambda: checksum(conn).value)
+        out["dataset"] = ds
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+def _as_shape(qs: QueryShape | str) -> QueryShape:
+    return load_shape(qs) if isinstance(qs, str) else qs
+
+
+def _runner(conn: psycopg.Connection[Any], qs: QueryShape, variant: str, params: list[dict[str, Any]]) -> Callable[[], object]:
+    counter = [0]
+    write = qs.kind == "write"
+
+    def run() -> object:
+        p = params[counter[0] % len(params)]
+        counter[0] += 1
+        if write:
+            with conn.transaction(force_rollback=True):
+                return qs.run(conn, p, variant, prepare=True)
+        return qs.run(conn, p, variant, prepare=True)
+
+    return run
+
+
+def measure(
+    target: Target,
+    qs: QueryShape | str,
+    arms: Sequence[Arm],
+    *,
+    tier: str = "hot",
+    repeats: int = 30,
+    warmup: int = 3,
+    param_sets: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    store: ResultsStore | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[Run], bool]:
+    """Measure each arm; returns the runs and whether they were interleaved.
+
+    ``param_sets`` parameter sets are drawn for ``tier`` and cycled identically in every arm.
+    Runs are stored in ``store`` when one is given (as single runs; :func:`compare` stores its
+    own as a comparison).
+    """
+    qs = _as_shape(qs)
+    if repeats < 2:
+        raise WorkbookError(f"repeats must be at least 2 (a median and an interval need samples), got {repeats!r}")
+    variants = [arm.resolved_variant(qs) for arm in arms]
+    all_knobs = [k for arm in arms for k in arm.knobs]
+    if qs.kind == "write":
+        target.require_writes(f"timing the write shape {qs.name!r} (its writes are rolled back)")
+    if any(k.scope in ("database", "transaction") for k in all_knobs):
+        target.require_writes("an index or statistics knob")
+    if qs.kind == "write" and any(isinstance(k, WhatIfIndex) for k in all_knobs):
+        raise WorkbookError(
+            f"a what-if index holds a SHARE lock that blocks the other arm's writes, so the write shape {qs.name!r} "
+            "cannot be timed against it; measure an index's write cost with workbook.experiment.index_costs()"
+        )
+    sequential = any(k.scope == "database" for k in all_knobs)
+    with ExitStack() as stack:
+        conns = []
+        for _ in arms:
+            conn = stack.enter_context(target.connect())
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+            conns.append(conn)
+        params = [qs.sample(conns[0], tier, k) for k in range(max(1, param_sets))]
+        ctx = context(conns[0], target, store)
+        runners = [_runner(c, qs, v, params) for c, v in zip(conns, variants)]
+        samples: list[list[float]] = [[] for _ in arms]
+        plans: list[Plan | None] = [None] * len(arms)
+        if sequential:
+            for i, arm in enumerate(arms):
+                with ExitStack() as knobs:
+                    for k in arm.knobs:
+                        knobs.enter_context(k.applied(conns[i]))
+                    _check(runners[i], qs, variants[i], timeout_s)
+                    samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
+                                                  progress=progress, should_stop=should_stop)[0]  # fmt: skip
+                    plans[i] = _plan(conns[i], qs, variants[i], params[0], timeout_s)
+        else:
+            with ExitStack() as knobs:
+                whatif = any(k.scope == "transaction" for k in all_knobs)
+                for i, arm in enumerate(arms):
+                    if whatif and not any(k.scope == "transaction" for k in arm.knobs):
+                        # the same conditions on both sides: every arm runs inside a rolled-back transaction
+                        knobs.enter_context(conns[i].transaction(force_rollback=True))
+                    for k in arm.knobs:
+                        knobs.enter_context(k.applied(conns[i]))
+                for i in range(len(arms)):
+                    _check(runners[i], qs, variants[i], timeout_s)
+                samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,
+                                           progress=progress, should_stop=should_stop)  # fmt: skip
+                for i in range(len(arms)):
+                    plans[i] = _plan(conns[i], qs, variants[i], params[0], timeout_s)
+    runs = [
+        Run(
+            run_id=uuid.uuid4().hex, label=arm.label, shape=qs.name, variant=variants[i], tier=tier,
+            sql=qs.variant(variants[i]).sql, params=params, knobs=[k.describe() for k in arm.knobs],
+            samples_ms=samples[i], plan=plans[i], findings=findings(plans[i]) if plans[i] else [], context=ctx,
+        )  # fmt: skip
+        for i, arm in enumerate(arms)
+    ]
+    if store is not None and len(arms) == 1:
+        store.append([r.record() for r in runs])
+    return runs, not sequential
+
+
+def _check(run: Callable[[], object], qs: QueryShape, variant: str, timeout_s: float) -> None:
+    """Run once untimed; a failing statement becomes a QueryFailed naming the shape and variant."""
+    import psycopg
+
+    try:
+        run()
+    except psycopg.errors.QueryCanceled as exc:
+        raise QueryFailed(
+            f"{qs.name} ({variant}) ran past the {timeout_s:g} s statement timeout and was cancelled; nothing changed"
+        ) from exc
+    except psycopg.Error as exc:
+        raise QueryFailed(f"{qs.name} ({variant}) failed on the server (nothing changed): {_server_message(exc)}") from exc
+
+
+def _plan(conn: psycopg.Connection[Any], qs: QueryShape, variant: str, params: dict[str, Any], timeout_s: float) -> Plan:
+    return explain(conn, qs.variant(variant).statements[0], params, timeout_s=timeout_s)
+
+
+def run_shape(
+    target: Target,
+    qs: QueryShape | str,
+    *,
+    variant: str | None = None,
+    knobs: Sequence[Knob] = (),
+    label: str | None = None,
+    store: ResultsStore | None = None,
+    **kwargs: Any,
+) -> Run:
+    """Measure one arm of a shape (timings + plan + findings) and store it."""
+    arm = Arm(label or variant or "run", variant, tuple(knobs))
+    runs, _ = measure(target, qs, [arm], store=store, **kwargs)
+    return runs[0]
+
+
+def compare(
+    target: Target,
+    qs: QueryShape | str,
+    treatment: Arm | Knob | Sequence[Knob] | str,
+    baseline: Arm | None = None,
+    *,
+    threshold: float | None = None,
+    store: ResultsStore | None = None,
+    **kwargs: Any,
+) -> Comparison:
+    """Baseline vs treatment of one shape: interleaved when the knobs allow, with a verdict.
+
+    ``treatment`` may be an :class:`Arm`, a knob, a list of knobs, or a variant name.
+    """
+    qs = _as_shape(qs)
+    if isinstance(treatment, str):
+        treatment = Arm(treatment, treatment)
+    elif isinstance(treatment, Knob):
+        treatment = Arm(treatment.label, None, (treatment,))
+    elif not isinstance(treatment, Arm):
+        knobs = tuple(treatment)
+        treatment = Arm(" + ".join(k.label for k in knobs), None, knobs)
+    baseline = baseline or Arm("baseline")
+    (b, t), interleaved = measure(target, qs, [baseline, treatment], store=store, **kwargs)  # stored below, as a pair
+    v = verdict(b.samples_ms, t.samples_ms, **({"threshold": threshold} if threshold else {}))
+    cid = uuid.uuid4().hex
+    for run, arm in ((b, "baseline"), (t, "treatment")):
+        run.arm, run.comparison_id = arm, cid
+    extra: dict[str, Any] = {}
+    costs = [k.cost for k in treatment.knobs if hasattr(k, "cost")]
+    if costs:
+        extra["index_costs"] = [vars(c) for c in costs]
+    comparison = Comparison(cid, qs.name, b, t, v, interleaved, extra=extra)
+    if store is not None:
+        store.append([b.record(), t.record()], comparison.record())
+    return comparison

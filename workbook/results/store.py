@@ -1,0 +1,216 @@
+"""The results store: every run and comparison, appended to a DuckDB file in the workbook home.
+
+Plain data in (dicts of JSON-able values), DataFrames out. DuckDB lets one process at a time
+open a file for writing, so each call opens the file, does its work and closes it at once; a
+writer that finds the file locked (another notebook appending at the same moment) waits and
+retries with jittered back-off until ``lock_timeout_s``. Rows are inserted in one transaction
+per call, so a run is stored whole or not at all, and two writers never lose each other's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import WorkbookError
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+
+T = TypeVar("T")
+FILENAME = "results.duckdb"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    comparison_id VARCHAR,
+    arm VARCHAR,               -- 'baseline' / 'treatment' / NULL for a single run
+    shape VARCHAR,
+    variant VARCHAR,
+    tier VARCHAR,
+    label VARCHAR,
+    sql VARCHAR,
+    params JSON,
+    knobs JSON,
+    plan JSON,
+    plan_summary VARCHAR,
+    findings JSON,
+    samples_ms DOUBLE[],
+    median_ms DOUBLE,
+    p95_ms DOUBLE,
+    cache VARCHAR,
+    context JSON
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    comparison_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    shape VARCHAR,
+    baseline_run VARCHAR,
+    treatment_run VARCHAR,
+    ratio DOUBLE,
+    ci_low DOUBLE,
+    ci_high DOUBLE,
+    verdict VARCHAR,
+    verdict_kind VARCHAR,
+    interleaved BOOLEAN,
+    knobs JSON,
+    extra JSON,
+    context JSON
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_key VARCHAR PRIMARY KEY,  -- server system identifier + load time
+    checksum VARCHAR NOT NULL,
+    computed_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+RUN_COLUMNS = (
+    "run_id", "created_at", "comparison_id", "arm", "shape", "variant", "tier", "label", "sql", "params",
+    "knobs", "plan", "plan_summary", "findings", "samples_ms", "median_ms", "p95_ms", "cache", "context",
+)  # fmt: skip
+COMPARISON_COLUMNS = (
+    "comparison_id", "created_at", "shape", "baseline_run", "treatment_run", "ratio", "ci_low", "ci_high",
+    "verdict", "verdict_kind", "interleaved", "knobs", "extra", "context",
+)  # fmt: skip
+_JSON = {"params", "knobs", "plan", "findings", "context", "extra"}
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text or "resource temporarily" in text)
+
+
+class ResultsStore:
+    """``ResultsStore(home)`` → ``home/results.duckdb`` (created on first write)."""
+
+    def __init__(self, home: str | Path, *, lock_timeout_s: float = 60.0) -> None:
+        home = Path(home)
+        self.path = home / FILENAME if home.suffix != ".duckdb" else home
+        self.lock_timeout_s = lock_timeout_s
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    # ---- connections -----------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T]) -> T:
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    raise WorkbookError(
+                        f"cannot open the results store {str(self.path)!r}: {' '.join(str(exc).split())}; "
+                        "another process holds it for too long (close other notebooks' stores) or it is not writable"
+                    ) from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        import duckdb
+
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def open_() -> duckdb.DuckDBPyConnection:
+            con = duckdb.connect(str(self.path), read_only=not write)
+            if write:
+                con.execute(_DDL)
+            return con
+
+        con = self._retry(open_)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # ---- writing ---------------------------------------------------------------------
+    def append(self, runs: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:
+        """Store runs (and the comparison they belong to) in one transaction."""
+
+        def encode(row: dict[str, Any], columns: tuple[str, ...]) -> list[Any]:
+            return [json.dumps(row.get(c), default=str) if c in _JSON and row.get(c) is not None else row.get(c)
+                    for c in columns]  # fmt: skip
+
+        def write() -> None:
+            with self._connect(write=True) as con:
+                con.execute("BEGIN")
+                if runs:
+                    con.executemany(
+                        f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+                        [encode(r, RUN_COLUMNS) for r in runs],
+                    )
+                if comparison is not None:
+                    con.execute(
+                        f"INSERT INTO comparisons ({', '.join(COMPARISON_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(COMPARISON_COLUMNS))})",
+                        encode(comparison, COMPARISON_COLUMNS),
+                    )
+                con.execute("COMMIT")
+
+        self._retry(write)
+
+    def cached_checksum(self, key: str, compute: Callable[[], str]) -> str:
+        """The dataset checksum stored under ``key``, computing and storing it the first time."""
+        if self.path.exists():
+            with self._connect(write=False) as con:
+                if _has_table(con, "datasets"):
+                    rows = con.execute("SELECT checksum FROM datasets WHERE dataset_key = ?", [key]).fetchall()
+                    if rows:
+                        return str(rows[0][0])
+        value = compute()
+
+        def write() -> None:
+            with self._connect(write=True) as con:
+                con.execute(
+                    "INSERT INTO datasets VALUES (?, ?, now()) ON CONFLICT (dataset_key) DO NOTHING", [key, value]
+                )
+
+        self._retry(write)
+        return value
+
+    # ---- reading ---------------------------------------------------------------------
+    def _frame(self, query: str, params: list[Any] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        if not self.path.exists():
+            return pd.DataFrame()
+        with self._connect(write=False) as con:
+            if not _has_table(con, "runs"):
+                return pd.DataFrame()
+            return con.sql(query, params=params or None).to_arrow_table().to_pandas()
+
+    def runs(self, shape: str | None = None) -> pd.DataFrame:
+        """Every stored run (newest last), optionally of one shape."""
+        where, params = ("WHERE shape = ?", [shape]) if shape else ("", [])
+        return self._frame(f"SELECT * FROM runs {where} ORDER BY created_at, run_id", params)
+
+    def comparisons(self, shape: str | None = None) -> pd.DataFrame:
+        where, params = ("WHERE shape = ?", [shape]) if shape else ("", [])
+        return self._frame(f"SELECT * FROM comparisons {where} ORDER BY created_at, comparison_id", params)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        df = self._frame("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise WorkbookError(f"no run {run_id!r} in {str(self.path)!r}")
+        row = df.iloc[0].to_dict()
+        for key in _JSON & set(row):
+            if isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+        return row
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()  # fetch all: DuckDB 2 wants results finished
+    return bool(rows[0][0])
