@@ -70,8 +70,8 @@ def test_the_right_index_turns_the_seq_scan_into_an_index_scan_and_is_measurably
 def test_an_index_that_cannot_help_gives_no_measurable_difference(lab: LocalCluster, catalog_unchanged: None) -> None:
     c = compare(lab.target(), "conversation_latest_messages", WhatIfIndex(CATALOG["audit_actor_time"]), repeats=30)
     assert not c.plan_changed
-    assert not c.verdict.significant and 1 / 1.1 < c.verdict.ratio < 1.1, c.verdict
-    assert c.verdict.kind in ("no measurable difference", "negligible")
+    assert not c.verdict.significant, c.verdict
+    assert c.verdict.kind in ("no measurable difference", "negligible")  # negligible: real but < 1.10x
 
 
 def test_what_if_leaves_the_catalog_exactly_as_before_even_when_the_query_fails(lab: LocalCluster, conn: Any) -> None:
