@@ -13,8 +13,8 @@
    connections, and measure the index's size, build time and write cost
    (:func:`workbook.experiment.costs.index_costs`).
 4. **Rank** the ones that are measurably faster by ``log(speedup) − ½·log(write slow-down) −
-   0.05·log2(size in MB)``, and say why the others were dropped; with no suggestion, the reason
-   says why.
+   0.05·log2(1 + size in MB)``; one scoring ≤ 0 costs more than it buys and is dropped. Every
+   dropped candidate says why; with no suggestion, the reason says why.
 
 On a read-only target nothing can be built: the candidates come back unverified, and the reason
 says how to measure them.
@@ -261,7 +261,7 @@ def _candidates(conn: psycopg.Connection[Any], uses: dict[str, _TableUse]) -> li
         if not eq and rng:
             add(use, [ident(rng[0])], "btree", "the range predicate", rng[:1])
         if not eq and use.sort:
-            add(use, sort_keys, "btree", "the ORDER BY (with LIMIT, the first rows without a sort)", sort_cols)
+            add(use, sort_keys, "btree", "the sort (ORDER BY or GROUP BY): rows come out of the index in order", sort_cols)
         for col, key in _dedupe_pairs(use.json_keys):
             expr = sql.SQL("({} ->> {})").format(sql.Identifier(col), sql.Literal(key)).as_string(conn)
             add(use, [ident(c) for c in eq] + [expr], "btree", f"expression index for {col} ->> '{key}' = ...")
@@ -381,3 +381,8 @@ def _verify(
     cand.score = round(
         math.log(v.ratio) - 0.5 * math.log(max(cand.write_ratio or 1.0, 1e-3)) - 0.05 * math.log2(1 + size_mb), 4
     )
+    if cand.score <= 0:
+        cand.rejected_because = (
+            f"reads {v.text}, but inserts take {cand.write_ratio:.2f}x as long and it needs {size_mb:.1f} MB: "
+            "it costs more than it buys"
+        )

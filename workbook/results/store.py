@@ -94,6 +94,7 @@ class ResultsStore:
         home = Path(home)
         self.path = home / FILENAME if home.suffix != ".duckdb" else home
         self.lock_timeout_s = lock_timeout_s
+        self.lock_waits = 0  # how often this instance found the file locked by another process and waited
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
@@ -113,6 +114,7 @@ class ResultsStore:
                         f"cannot open the results store {str(self.path)!r}: {' '.join(str(exc).split())}; "
                         "another process holds it for too long (close other notebooks' stores) or it is not writable"
                     ) from None
+            self.lock_waits += 1
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
 
