@@ -261,6 +261,12 @@ def measure(
             f"a what-if index holds a SHARE lock that blocks the other arm's writes, so the write shape {qs.name!r} "
             "cannot be timed against it; measure an index's write cost with workbook.experiment.index_costs()"
         )
+    whatif_names = [k.spec.name for k in all_knobs if isinstance(k, WhatIfIndex)]
+    if len(whatif_names) != len(set(whatif_names)):
+        raise WorkbookError(
+            f"two arms build what-if indexes with the same name ({sorted(whatif_names)!r}); the second would wait for "
+            "the first's transaction to end: give each arm's copy its own name (dataclasses.replace(spec, name=...))"
+        )
     sequential = any(k.scope == "database" for k in all_knobs)
     with ExitStack() as stack:
         conns = []
@@ -268,8 +274,9 @@ def measure(
             conn = stack.enter_context(target.connect())
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
             conns.append(conn)
-        params = [qs.sample(conns[0], tier, k) for k in range(max(1, param_sets))]
-        ctx = context(conns[0], target, store)
+        with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
+            params = [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
+            ctx = context(aux, target, store)
         runners = [_runner(c, qs, v, params) for c, v in zip(conns, variants)]
         samples: list[list[float]] = [[] for _ in arms]
         plans: list[Plan | None] = [None] * len(arms)
@@ -351,6 +358,7 @@ def compare(
     baseline: Arm | None = None,
     *,
     threshold: float | None = None,
+    confidence: float = 0.95,
     store: ResultsStore | None = None,
     **kwargs: Any,
 ) -> Comparison:
@@ -368,7 +376,7 @@ def compare(
         treatment = Arm(" + ".join(k.label for k in knobs), None, knobs)
     baseline = baseline or Arm("baseline")
     (b, t), interleaved = measure(target, qs, [baseline, treatment], store=store, **kwargs)  # stored below, as a pair
-    v = verdict(b.samples_ms, t.samples_ms, **({"threshold": threshold} if threshold else {}))
+    v = verdict(b.samples_ms, t.samples_ms, confidence=confidence, **({"threshold": threshold} if threshold else {}))
     cid = uuid.uuid4().hex
     for run, arm in ((b, "baseline"), (t, "treatment")):
         run.arm, run.comparison_id = arm, cid
