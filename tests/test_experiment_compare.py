@@ -111,6 +111,17 @@ def test_real_index_knob_is_idempotent_reversible_and_records_build_time_and_siz
     assert catalog_snapshot(conn) == before
 
 
+def test_concurrent_build_and_drop_leave_a_valid_index_then_nothing(conn: Any) -> None:
+    before = catalog_snapshot(conn)
+    knob = Index(CATALOG["usage_events_org_time"], concurrently=True)  # CONCURRENTLY needs autocommit: conn is
+    with knob.applied(conn):
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ai_app.usage_events_org_time'::regclass"
+        ).fetchone()[0]
+        assert valid and knob.cost.size_bytes > 0
+    assert catalog_snapshot(conn) == before
+
+
 def test_real_index_comparison_is_sequential_and_reverts(lab: LocalCluster, catalog_unchanged: None) -> None:
     c = compare(lab.target(), "user_conversation_list", Index(CATALOG["conversations_user_activity"]), repeats=10)
     assert c.interleaved is False

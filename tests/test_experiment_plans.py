@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def pg15(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c.up(replicas=0)
     yield c
     destroy_and_prove(c)
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_postgresql_15_json_parses_and_its_jit_finding_fires(pg15: LocalCluster) -> None:
