@@ -125,7 +125,8 @@ def time_interleaved(
     """Milliseconds per call for each runner: ``warmup`` untimed calls each, then ``repeats`` turns.
 
     In each turn every runner runs once, in a freshly shuffled order. ``should_stop`` is polled
-    between turns (a Cancel button); the samples gathered so far are returned.
+    between turns (a Cancel button) from the third turn on; the samples gathered so far are
+    returned (at least two per runner, the least a median and an interval need).
     """
     for run in runners:
         for _ in range(warmup):
@@ -134,7 +135,7 @@ def time_interleaved(
     samples: list[list[float]] = [[] for _ in runners]
     clock = time.perf_counter_ns
     for turn in range(repeats):
-        if should_stop is not None and should_stop():
+        if turn >= 2 and should_stop is not None and should_stop():
             break
         for i in rng.permutation(len(runners)):
             t0 = clock()

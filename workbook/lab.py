@@ -1,0 +1,157 @@
+"""The notebook entry point: ``lab = workbook.open_lab()``.
+
+A :class:`Lab` bundles what every lesson needs, passed explicitly (no hidden global): the
+:class:`~workbook.cluster.Target`, the results store in the workbook home, and short-cuts to the
+dataset, the experiment engine and the panels. ``open_lab()`` starts the local cluster or
+attaches to the one running in the home (``WORKBOOK_HOME``, default ``./.workbook``; or your own
+server with ``WORKBOOK_DSN``) and loads the sample dataset when none is loaded, at
+``WORKBOOK_SCALE`` (default 0.05: seconds to load; CI and Binder run the notebooks at this size).
+Every call is safe to re-run: a second ``open_lab()`` attaches and loads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import WorkbookError
+
+if TYPE_CHECKING:
+    from .cluster.target import Target
+    from .dataset import DatasetInfo, IndexSpec, QueryShape
+    from .experiment import Comparison, Knob, Plan
+    from .results import ResultsStore
+    from .ui.panels import DatasetPanel, ExperimentPanel
+
+DEFAULT_SCALE = 0.05
+
+
+def _env_scale() -> float:
+    raw = os.environ.get("WORKBOOK_SCALE")
+    if not raw:
+        return DEFAULT_SCALE
+    try:
+        return float(raw)
+    except ValueError:
+        raise WorkbookError(f"WORKBOOK_SCALE must be a number like 0.05, got {raw!r}") from None
+
+
+@dataclass
+class Lab:
+    """A target with the dataset loaded, plus where results go."""
+
+    target: Target
+    store: ResultsStore
+    home: Path
+    info: DatasetInfo | None = field(default=None, repr=False)
+
+    # ---- the dataset ------------------------------------------------------------------
+    def shape(self, name: str) -> QueryShape:
+        from .dataset import shape
+
+        return shape(name)
+
+    def index(self, name: str) -> IndexSpec:
+        from .dataset import load_indexes
+
+        catalog = load_indexes()
+        if name not in catalog:
+            raise WorkbookError(f"no candidate index {name!r}; known: {', '.join(catalog)}")
+        return catalog[name]
+
+    def indexes_for(self, shape: str) -> list[IndexSpec]:
+        """The catalog's candidate indexes that serve ``shape``."""
+        from .dataset import load_indexes
+
+        return [s for s in load_indexes().values() if shape in s.serves]
+
+    def tables(self) -> Any:
+        """Rows and on-disk size of each table of the dataset (a DataFrame)."""
+        import pandas as pd
+
+        with self.target.connect() as conn:
+            rows = conn.execute(
+                "SELECT c.relname AS table, c.reltuples::bigint AS rows,"
+                " pg_size_pretty(pg_total_relation_size(c.oid)) AS size, pg_total_relation_size(c.oid) AS bytes"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'ai_app' AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC"
+            ).fetchall()
+        return pd.DataFrame(rows, columns=["table", "rows", "size", "bytes"])
+
+    def load(self, scale: float, seed: int = 42, progress: Any = True) -> DatasetInfo:
+        from .dataset import Generator, load
+
+        self.info = load(self.target, generator=Generator(seed, scale), progress=progress)
+        return self.info
+
+    # ---- experiments --------------------------------------------------------------------
+    def explain(self, shape: str, variant: str | None = None, tier: str = "hot") -> Plan:
+        from .experiment import explain
+
+        qs = self.shape(shape)
+        with self.target.connect() as conn:
+            return explain(conn, qs.variant(variant).statements[0], qs.sample(conn, tier))
+
+    def compare(self, shape: str, treatment: Any, baseline: Any = None, **kwargs: Any) -> Comparison:
+        """:func:`workbook.experiment.compare` on this lab's target, stored in its results."""
+        from .experiment import compare
+
+        return compare(self.target, shape, treatment, baseline, store=self.store, **kwargs)
+
+    def what_if(self, index: str) -> Knob:
+        from .experiment import WhatIfIndex
+
+        return WhatIfIndex(self.index(index))
+
+    # ---- panels ---------------------------------------------------------------------------
+    def panel(self, shape: str) -> ExperimentPanel:
+        from .ui.panels import ExperimentPanel
+
+        return ExperimentPanel(self, shape)
+
+    def dataset_panel(self) -> DatasetPanel:
+        from .ui.panels import DatasetPanel
+
+        return DatasetPanel(self)
+
+
+def open_lab(
+    *,
+    home: str | os.PathLike[str] | None = None,
+    scale: float | None = None,
+    seed: int = 42,
+    replicas: int | None = None,
+    progress: Any = True,
+) -> Lab:
+    """Start or attach to the cluster, load the dataset if missing, return the :class:`Lab`.
+
+    With ``WORKBOOK_DSN`` set, your own server is used as it is (read-only unless
+    ``WORKBOOK_ALLOW_WRITES=1``); a missing dataset there is an error, not a load.
+    """
+    from .cluster import LocalCluster, Target
+    from .cluster._local import default_home
+    from .dataset import dataset_info
+    from .results import ResultsStore
+
+    dsn = os.environ.get("WORKBOOK_DSN")
+    root = Path(home).expanduser().absolute() if home else default_home()
+    if dsn:
+        target = Target.from_dsn(dsn, os.environ.get("WORKBOOK_REPLICA_DSNS", "").split(),
+                                 allow_writes=os.environ.get("WORKBOOK_ALLOW_WRITES") == "1")  # fmt: skip
+    else:
+        cluster = LocalCluster(root)
+        cluster.up(replicas=replicas)
+        target = cluster.target()
+    with target.connect() as conn:
+        info = dataset_info(conn)
+    if info is None:
+        if not target.allow_writes:
+            raise WorkbookError(
+                "no sample dataset on this read-only target; load it on a writable one (workbook load --allow-writes)"
+            )
+        from .dataset import Generator, load
+
+        info = load(target, generator=Generator(seed, scale if scale is not None else _env_scale()), progress=progress)
+    return Lab(target=target, store=ResultsStore(root), home=root, info=info)

@@ -1,0 +1,249 @@
+"""ipywidgets panels: an experiment is one click.
+
+Panels hold widget state and call the library (:class:`~workbook.lab.Lab`, the experiment
+engine); they compose no SQL of their own. Charts are rendered to SVG on the kernel side
+(vl-convert), so they show the same in JupyterLab, in a headless run and offline, with no
+JavaScript renderer or CDN involved.
+
+Long steps run in a background thread when clicked, so the Cancel button stays live: a comparison
+stops between timed turns and reports what it measured so far. Driven from code (tests,
+``workbook report``), :meth:`ExperimentPanel.run` runs synchronously and returns the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import WorkbookError
+
+if TYPE_CHECKING:
+    from ..experiment import Comparison, Run
+    from ..lab import Lab
+
+
+def svg(chart: Any) -> str:
+    """An Altair chart as SVG text (rendered by vl-convert, in this process)."""
+    buf = io.StringIO()
+    chart.save(buf, format="svg")
+    return buf.getvalue()
+
+
+def _parse_settings(text: str) -> list[tuple[str, str]]:
+    out = []
+    for raw in text.replace(";", "\n").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise WorkbookError(f"settings are NAME=VALUE, one per line; got {line!r}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+class ExperimentPanel:
+    """Variant, candidate indexes, settings, Run → plan with findings, before/after chart, DDL."""
+
+    def __init__(self, lab: Lab, shape: str) -> None:
+        import ipywidgets as w
+
+        self.lab = lab
+        self.qs = lab.shape(shape)
+        self.specs = {s.name: s for s in lab.indexes_for(shape)}
+        self.last: Comparison | Run | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+        self.header = w.HTML(f"<h3>{html.escape(self.qs.title)}</h3><p>{html.escape(self.qs.lesson)}</p>")
+        self.variant = w.Dropdown(options=list(self.qs.variants), description="variant")
+        self.tier = w.ToggleButtons(options=["hot", "cold"], description="tenant")
+        self.index_boxes = {name: w.Checkbox(value=False, description=name, indent=False) for name in self.specs}
+        self.indexes = w.VBox(list(self.index_boxes.values()))
+        self.settings = w.Textarea(placeholder="work_mem=64MB\nenable_seqscan=off", description="settings",
+                                   layout=w.Layout(width="420px", height="60px"))  # fmt: skip
+        self.sql = w.Textarea(value=self.qs.variant().sql, description="SQL", layout=w.Layout(width="100%", height="140px"))
+        self.repeats = w.IntSlider(value=20, min=3, max=200, description="repeats")
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="")
+        self.status = w.HTML("")
+        self.error = w.HTML("")
+        self.verdict = w.HTML("")
+        self.chart = w.HTML("")
+        self.plan = w.HTML("")
+        self.plan_chart = w.HTML("")
+        self.ddl = w.HTML("")
+
+        self.variant.observe(self._variant_changed, names="value")
+        self.run_button.on_click(lambda _: self.run(background=True))
+        self.cancel_button.on_click(lambda _: self.cancel())
+        for box in self.index_boxes.values():
+            box.observe(lambda _: self._show_ddl(), names="value")
+        self.widget = w.VBox([
+            self.header,
+            w.HBox([self.variant, self.tier]),
+            w.HTML("<b>candidate indexes</b> (built as what-if indexes: real, measured, rolled back)"),
+            self.indexes, self.settings, self.sql, self.repeats,
+            w.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
+            self.error, self.verdict, self.chart, self.plan, self.plan_chart, self.ddl,
+        ])  # fmt: skip
+        self.widget.add_class("workbook-experiment-panel")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ---- state -----------------------------------------------------------------------
+    def _variant_changed(self, change: dict[str, Any]) -> None:
+        self.sql.value = self.qs.variant(change["new"]).sql
+
+    def tick(self, *names: str) -> ExperimentPanel:
+        """Tick candidate indexes by name (what a click on their checkboxes does)."""
+        for name in names:
+            if name not in self.index_boxes:
+                raise WorkbookError(f"index {name!r} is not a candidate for {self.qs.name!r}; candidates: {list(self.index_boxes)}")
+            self.index_boxes[name].value = True
+        return self
+
+    def _show_ddl(self) -> None:
+        ticked = [self.specs[n] for n, b in self.index_boxes.items() if b.value]
+        lines = [self._ddl(s) for s in ticked]
+        self.ddl.value = "" if not lines else "<b>to keep it:</b><pre class='workbook-ddl'>" + html.escape(";\n".join(lines)) + ";</pre>"
+
+    def _ddl(self, spec: Any) -> str:
+        with self.lab.target.connect() as conn:
+            return spec.create(concurrently=True).as_string(conn)
+
+    def _shape(self) -> Any:
+        """The shape to run: the catalog's, or the SQL as edited in the panel."""
+        from ..dataset.shapes import Variant
+
+        original = self.qs.variant(self.variant.value)
+        if self.sql.value.strip() == original.sql.strip():
+            return self.qs, original.name
+        steps = tuple(s.strip().rstrip(";").strip() for s in self.sql.value.split("-- for each row:"))
+        return dataclasses.replace(self.qs, variants={"edited": Variant("edited", steps)}), "edited"
+
+    # ---- running -------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self._stop = True
+        self.status.value = "cancelling after the current turn..."
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self, *, background: bool = False) -> Comparison | Run | None:
+        """Measure with the ticked indexes and settings against the plain baseline."""
+        if self._thread is not None and self._thread.is_alive():
+            return None
+        self._stop = False
+        if background:
+            self._thread = threading.Thread(target=self._run, name="workbook-panel", daemon=True)
+            self._thread.start()
+            return None
+        return self._run()
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.max = total
+        self.progress.value = done
+
+    def _run(self) -> Comparison | Run | None:
+        from ..experiment import Arm, Setting, WhatIfIndex, compare, run_shape
+        from .charts import before_after, plan_view
+
+        self.error.value = ""
+        self.run_button.disabled, self.cancel_button.disabled = True, False
+        self.status.value = "measuring..."
+        try:
+            qs, variant = self._shape()
+            knobs: list[Any] = [WhatIfIndex(self.specs[n]) for n, b in self.index_boxes.items() if b.value]
+            knobs += [Setting(k, v) for k, v in _parse_settings(self.settings.value)]
+            common = dict(tier=self.tier.value, repeats=self.repeats.value, progress=self._progress,
+                          should_stop=lambda: self._stop)  # fmt: skip
+            if knobs:
+                treatment = Arm(" + ".join(k.label for k in knobs), variant, tuple(knobs))
+                result: Any = compare(self.lab.target, qs, treatment, Arm("baseline", variant), store=self.lab.store, **common)
+                self.verdict.value = f"<h4 class='workbook-verdict'>{html.escape(result.verdict.text)}</h4>"
+                self.chart.value = svg(before_after(result))
+                plans = [("before", result.baseline.plan), ("after", result.treatment.plan)]
+                found = result.treatment.findings
+                shown = result.treatment.plan
+            else:
+                result = run_shape(self.lab.target, qs, variant=variant, store=self.lab.store, **common)
+                self.verdict.value = (f"<h4 class='workbook-verdict'>median {result.median_ms:.3f} ms, p95 "
+                                      f"{result.p95_ms:.3f} ms over {len(result.samples_ms)} runs</h4>")  # fmt: skip
+                self.chart.value = ""
+                plans = [("plan", result.plan)]
+                found = result.findings
+                shown = result.plan
+            rows = "".join(f"<div><b>{k}:</b> <code class='workbook-plan-{k}'>{html.escape(p.summary())}</code></div>"
+                           for k, p in plans if p is not None)  # fmt: skip
+            notes = "".join(f"<li><b>{html.escape(f.rule)}</b>: {html.escape(f.message)} — <i>try {html.escape(f.knob)}</i></li>"
+                            for f in found)  # fmt: skip
+            self.plan.value = f"<div class='workbook-plan'>{rows}</div>" + (f"<ul class='workbook-findings'>{notes}</ul>" if notes else "")
+            self.plan_chart.value = svg(plan_view(shown)) if shown is not None else ""
+            self.last = result
+            self.status.value = "done" + (" (cancelled early)" if self._stop else "")
+            return result
+        except Exception as exc:  # shown in the panel: a click must never fail silently in a thread
+            text = str(exc) if isinstance(exc, WorkbookError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            self.error.value = f"<div class='workbook-error' style='color:#b00'><b>error:</b> {html.escape(text)}</div>"
+            self.status.value = "failed: nothing was changed"
+            return None
+        finally:
+            self.run_button.disabled, self.cancel_button.disabled = False, True
+
+
+class DatasetPanel:
+    """Scale and seed, Load with progress, and the size of every table."""
+
+    def __init__(self, lab: Lab) -> None:
+        import ipywidgets as w
+
+        self.lab = lab
+        info = lab.info
+        self.scale = w.BoundedFloatText(value=info.scale if info else 0.05, min=0.001, max=100, step=0.01, description="scale")
+        self.seed = w.BoundedIntText(value=info.seed if info else 42, min=0, max=2**31 - 1, description="seed")
+        self.load_button = w.Button(description="Load", button_style="warning", icon="database")
+        self.progress = w.IntProgress(value=0, min=0, max=1)
+        self.status = w.HTML("")
+        self.table = w.HTML("")
+        self.load_button.on_click(lambda _: self.load())
+        self.widget = w.VBox([w.HBox([self.scale, self.seed, self.load_button]), w.HBox([self.progress, self.status]), self.table])
+        self.refresh()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def refresh(self) -> None:
+        info = self.lab.info
+        head = f"<p>SF {info.scale:g}, seed {info.seed}</p>" if info else "<p>no dataset loaded</p>"
+        self.table.value = head + self.lab.tables()[["table", "rows", "size"]].to_html(index=False)
+
+    def load(self) -> None:
+        done: dict[str, int] = {}
+
+        def report(table: str, rows: int, expected: int) -> None:
+            done[table] = rows
+            self.status.value = f"loading {html.escape(table)}: {rows:,} rows"
+            self.progress.value = min(sum(done.values()), self.progress.max)
+
+        from ..dataset import Generator
+
+        try:
+            gen = Generator(self.seed.value, self.scale.value)
+            self.progress.max = sum(s.expected_rows for s in gen.tables())
+            self.progress.value = 0
+            info = self.lab.load(self.scale.value, self.seed.value, progress=report)
+            self.status.value = f"loaded {sum(info.rows.values()):,} rows in {info.load_seconds:.1f} s"
+        except WorkbookError as exc:
+            self.status.value = f"<span style='color:#b00'>error: {html.escape(str(exc))}</span>"
+        self.refresh()
