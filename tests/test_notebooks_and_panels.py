@@ -102,6 +102,16 @@ def test_experiment_panel_shows_the_server_error_for_bad_sql_and_changes_nothing
     assert panel.run() is not None and panel.error.value == ""
 
 
+def test_experiment_panel_adds_advised_indexes_as_checkboxes(open_: Lab, catalog_unchanged: None) -> None:
+    panel = ExperimentPanel(open_, "audit_by_actor")
+    added = panel.suggest()
+    assert added and all(name.startswith("wb_advice_audit_log_") for name in added), panel.status.value
+    assert "actor_user_id" in added[0] and added[0] in panel.index_boxes
+    panel.tick(added[0])
+    result = panel.run()
+    assert result is not None and result.verdict.kind == "faster" and added[0] in panel.plan.value
+
+
 def test_experiment_panel_cancel_stops_between_turns(open_: Lab) -> None:
     panel = ExperimentPanel(open_, "conversation_latest_messages")
     panel.repeats.value = 200

@@ -67,6 +67,8 @@ class ExperimentPanel:
                                    layout=w.Layout(width="420px", height="60px"))  # fmt: skip
         self.sql = w.Textarea(value=self.qs.variant().sql, description="SQL", layout=w.Layout(width="100%", height="140px"))
         self.repeats = w.IntSlider(value=20, min=3, max=200, description="repeats")
+        self.suggest_button = w.Button(description="Suggest indexes", icon="lightbulb-o",
+                                       tooltip="advise(): candidates from this query's plan, verified by what-if measurement")  # fmt: skip
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="")
@@ -81,13 +83,14 @@ class ExperimentPanel:
         self.variant.observe(self._variant_changed, names="value")
         self.run_button.on_click(lambda _: self.run(background=True))
         self.cancel_button.on_click(lambda _: self.cancel())
+        self.suggest_button.on_click(lambda _: self.suggest())
         for box in self.index_boxes.values():
             box.observe(lambda _: self._show_ddl(), names="value")
         self.widget = w.VBox([
             self.header,
             w.HBox([self.variant, self.tier]),
             w.HTML("<b>candidate indexes</b> (built as what-if indexes: real, measured, rolled back)"),
-            self.indexes, self.settings, self.sql, self.repeats,
+            self.indexes, self.suggest_button, self.settings, self.sql, self.repeats,
             w.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
             self.error, self.verdict, self.chart, self.plan, self.plan_chart, self.ddl,
         ])  # fmt: skip
@@ -109,6 +112,35 @@ class ExperimentPanel:
                 raise WorkbookError(f"index {name!r} is not a candidate for {self.qs.name!r}; candidates: {list(self.index_boxes)}")
             self.index_boxes[name].value = True
         return self
+
+    def suggest(self) -> list[str]:
+        """Add the indexes advise() finds for the current SQL as checkboxes; return their names."""
+        import ipywidgets as w
+
+        from ..experiment import advise
+
+        self.error.value = ""
+        self.status.value = "asking advise() (what-if measurements)..."
+        try:
+            qs, variant = self._shape()
+            with self.lab.target.connect() as conn:
+                params = qs.sample(conn, self.tier.value)
+            advice = advise(self.lab.target, qs.variant(variant).statements[0], params, repeats=8, measure_write_cost=False)
+        except Exception as exc:
+            self.error.value = f"<div class='workbook-error' style='color:#b00'><b>error:</b> {html.escape(str(exc))}</div>"
+            self.status.value = "advice failed: nothing was changed"
+            return []
+        added = []
+        for cand in advice.suggestions:
+            if cand.spec.name not in self.index_boxes:
+                self.specs[cand.spec.name] = cand.spec
+                box = w.Checkbox(value=False, description=cand.spec.name, indent=False)
+                box.observe(lambda _: self._show_ddl(), names="value")
+                self.index_boxes[cand.spec.name] = box
+                added.append(cand.spec.name)
+        self.indexes.children = tuple(self.index_boxes.values())
+        self.status.value = html.escape(advice.reason)
+        return added
 
     def _show_ddl(self) -> None:
         ticked = [self.specs[n] for n, b in self.index_boxes.items() if b.value]
