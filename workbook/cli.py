@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--repeats", type=int, default=30, help="timed repetitions per side (default 30)")
     cp.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rp = sub.add_parser("report", help="the main job: cluster, dataset if missing, a standard suite of experiments, one HTML report")
+    rp.add_argument("--out", default="report.html", help="where to write the report (default report.html)")
+    rp.add_argument("--scale", type=float, default=None, help="scale if the dataset must be loaded (default $WORKBOOK_SCALE or 0.05)")
+    rp.add_argument("--shapes", nargs="+", default=None, metavar="SHAPE", help="only the suite's experiments on these shapes")
+    rp.add_argument("--repeats", type=int, default=20, help="timed repetitions per side (default 20)")
+    rp.add_argument("--quiet", action="store_true")
+
     ad = sub.add_parser("advise", help="propose indexes for a query and verify each by a what-if measurement")
     ad.add_argument("--sql", required=True, help="the query (literal values; it is executed, rolled back)")
     ad.add_argument("--repeats", type=int, default=15, help="timed repetitions per side (default 15)")
@@ -378,6 +385,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .dataset import Generator
+    from .report import main_job
+
+    if args.scale is not None:
+        Generator(42, args.scale)  # a bad scale is refused before anything starts
+    if args.repeats < 2:
+        raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
+    if args.dsn:
+        _external_target(args)  # validates the DSN (redacted errors)
+        os.environ["WORKBOOK_DSN"] = args.dsn
+        os.environ["WORKBOOK_ALLOW_WRITES"] = "1" if args.allow_writes else "0"
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    path, phases = main_job(args.out, home=args.home, scale=args.scale, shapes=args.shapes, repeats=args.repeats,
+                            progress=say)  # fmt: skip
+    print(f"wrote {path} ({', '.join(f'{k} {v:.1f} s' for k, v in phases.items())})")
+    return 0
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     from .experiment import advise
 
@@ -398,7 +424,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 COMMANDS = {
     "up": cmd_up, "status": cmd_status, "down": cmd_down, "promote": cmd_promote,
     "psql": cmd_psql, "lab": cmd_lab, "load": cmd_load, "dataset": cmd_dataset,
-    "explain": cmd_explain, "compare": cmd_compare, "advise": cmd_advise,
+    "explain": cmd_explain, "compare": cmd_compare, "advise": cmd_advise, "report": cmd_report,
 }
 
 

@@ -105,6 +105,20 @@ class Lab:
 
         return WhatIfIndex(self.index(index))
 
+    # ---- reports ---------------------------------------------------------------------------
+    def secrets(self) -> list[str]:
+        """Every password this lab knows (its DSNs'): a report scrubs them, whatever it holds."""
+        from .cluster.target import dsn_params
+
+        return [p for e in self.target.endpoints if (p := dsn_params(e.dsn).get("password"))]
+
+    def report(self, path: str | os.PathLike[str], comparisons: list[Any] | None = None, *, title: str | None = None) -> Path:
+        """Write one self-contained HTML report of the stored comparisons (all, or those given)."""
+        from .report import write_report
+
+        ids = None if comparisons is None else [c if isinstance(c, str) else c.comparison_id for c in comparisons]
+        return write_report(self.store, path, ids=ids, title=title, secrets=self.secrets())
+
     # ---- panels ---------------------------------------------------------------------------
     def panel(self, shape: str) -> ExperimentPanel:
         from .ui.panels import ExperimentPanel

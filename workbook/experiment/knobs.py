@@ -154,7 +154,8 @@ class _IndexKnob(Knob):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "index": self.spec.name, "table": f"{self.spec.schema}.{self.spec.table}",
-                "build_seconds": self.cost.build_seconds, "size_bytes": self.cost.size_bytes}  # fmt: skip
+                "build_seconds": self.cost.build_seconds, "size_bytes": self.cost.size_bytes,
+                "ddl": self.spec.create(concurrently=True).as_string(None)}  # fmt: skip
 
 
 class Index(_IndexKnob):

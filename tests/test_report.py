@@ -1,0 +1,119 @@
+"""The headless main job: `workbook report` writes one self-contained HTML file that opens offline."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workbook.cluster import LocalCluster
+from workbook.lab import open_lab
+
+from .conftest import ARTIFACTS, catalog_snapshot, run_cli
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(lab: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    with lab.target().connect() as conn:
+        before = catalog_snapshot(conn)
+    r = run_cli("--home", str(lab.home), "report", "--out", str(out), "--repeats", "8", timeout=600)
+    assert r.returncode == 0, r.stderr
+    with lab.target().connect() as conn:
+        assert catalog_snapshot(conn) == before, "the suite changes nothing in the database"
+    yield out, r.stdout + r.stderr
+
+
+def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Path, str], lab: LocalCluster) -> None:
+    path, _ = report
+    text = path.read_text()
+    with lab.target().connect() as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    assert f"PostgreSQL {version}" in text and "checksum" in text and "scale 0.05" in text
+    sections = re.findall(r"<section class='experiment'", text)
+    assert len(sections) == 10
+    assert text.count("95% CI") >= 10 and "faster, 95% CI" in text
+    assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text
+    assert "Index Scan using messages_conversation_created" in text
+    assert "class='mis'" in text, "misestimates are marked in the plan tables"
+    assert "seq_scan_selective_filter" in text
+    assert "recommended DDL" in text and "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
+    assert "<script" not in text and not re.search(r"(src|href)=['\"]https?://", text), "nothing to fetch"
+
+
+def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tuple[Path, str]) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    path, _ = report
+    requests: list[str] = []
+    failed: list[str] = []
+    console: list[str] = []
+    profile = tempfile.mkdtemp(prefix="wb-chromium-")
+    try:
+        with sync_playwright() as pw:
+            ctx = pw.chromium.launch_persistent_context(
+                profile, executable_path=str(CHROMIUM), headless=True, offline=True,
+                args=["--no-sandbox", "--disable-gpu"], viewport={"width": 1200, "height": 900},
+            )  # fmt: skip
+            page = ctx.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            sections = page.locator("section.experiment")
+            assert sections.count() == 10
+            for i in range(sections.count()):
+                svgs = sections.nth(i).locator("svg")
+                assert svgs.count() >= 3, f"experiment {i + 1}: before/after, latency and plan charts"
+                box = svgs.first.bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 30, "charts are laid out, not empty"
+            assert page.locator("svg [role='graphics-symbol']").count() > 50, "the charts have marks"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
+            ctx.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert [u for u in requests if not u.startswith("file:")] == [], "the report made network requests"
+    assert failed == [] and console == []
+
+
+def test_report_never_contains_a_password(report: tuple[Path, str], lab: LocalCluster, tmp_path: Path) -> None:
+    path, output = report
+    password = lab._password()
+    assert password and password not in path.read_text() and password not in output
+    # the same through --dsn with the password inside the DSN
+    out = tmp_path / "via-dsn.html"
+    dsn = lab.target().primary.dsn
+    assert password in dsn
+    r = run_cli("--home", str(tmp_path / "home"), "--dsn", dsn, "--allow-writes", "report", "--out", str(out),
+                "--shapes", "conversation_latest_messages", "--repeats", "5", timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert password not in out.read_text() and password not in r.stdout + r.stderr
+    assert out.read_text().count("<section class='experiment'") == 2
+
+
+def test_lab_report_from_chosen_runs(lab: LocalCluster, tmp_path: Path) -> None:
+    wb = open_lab(home=lab.home, progress=False)
+    c = wb.compare("audit_by_actor", wb.what_if("audit_actor_time"), repeats=5)
+    out = wb.report(tmp_path / "one.html", [c])
+    text = out.read_text()
+    assert text.count("<section class='experiment'") == 1 and "audit_by_actor" in text
+    assert wb.report(tmp_path / "all.html").read_text().count("<section class='experiment'") > 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["report", "--shapes", "nope"], "no experiment in the suite"), (["report", "--scale", "0"], "scale")],
+)
+def test_report_bad_arguments(lab: LocalCluster, tmp_path: Path, args: list[str], message: str) -> None:
+    r = run_cli("--home", str(lab.home), *args, "--out", str(tmp_path / "x.html"))
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "x.html").exists()

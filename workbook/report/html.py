@@ -1,0 +1,187 @@
+"""One self-contained HTML file from the results store: environment, verdicts, charts, plans, DDL.
+
+Everything is inline: charts are SVG rendered in this process (vl-convert), styles are one
+``<style>`` block, there is no script and no external URL, so the file opens offline and makes no
+request. It is built only from stored runs (what was measured), and every text that could hold a
+secret goes through :func:`scrub` with the passwords the caller knows, on top of the store never
+holding one (contexts record host, port and database only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkbookError
+from ..experiment.findings import Finding
+from ..experiment.plan import Plan, parse_plan
+from ..experiment.runs import Comparison, Run
+from ..experiment.timing import Verdict
+from ..results.store import ResultsStore
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0; } .sub { color: #666; margin-top: .2em; }
+table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+section.experiment { border-top: 2px solid #1f77b4; margin-top: 2em; padding-top: .5em; }
+.verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
+.mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
+pre { padding: 8px; overflow-x: auto; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
+"""
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "********")
+    return text
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _run(row: dict[str, Any]) -> Run:
+    plan = parse_plan(_loads(row["plan"])) if row.get("plan") else None
+    return Run(
+        run_id=row["run_id"], label=row.get("label") or "", shape=row.get("shape") or "", variant=row.get("variant") or "",
+        tier=row.get("tier") or "", sql=row.get("sql") or "", params=_loads(row.get("params")) or [],
+        knobs=_loads(row.get("knobs")) or [], samples_ms=[float(x) for x in (row.get("samples_ms") if row.get("samples_ms") is not None else [])],
+        plan=plan, findings=[Finding(**f) for f in (_loads(row.get("findings")) or [])], context=_loads(row.get("context")) or {},
+        created_at=row["created_at"], arm=row.get("arm"), comparison_id=row.get("comparison_id"),
+    )  # fmt: skip
+
+
+def comparisons_from_store(store: ResultsStore, ids: list[str] | None = None) -> list[Comparison]:
+    """Rebuild stored comparisons (all, or those in ``ids``, in that order)."""
+    comps = store.comparisons()
+    if comps.empty:
+        return []
+    runs = {r["run_id"]: r for r in store.runs().to_dict("records")}
+    rows = comps.to_dict("records")
+    if ids is not None:
+        by_id = {r["comparison_id"]: r for r in rows}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise WorkbookError(f"no comparison {missing[0]!r} in {str(store.path)!r}")
+        rows = [by_id[i] for i in ids]
+    out = []
+    for r in rows:
+        base, treat = _run(runs[r["baseline_run"]]), _run(runs[r["treatment_run"]])
+        v = Verdict(r["ratio"], r["ci_low"], r["ci_high"], r["verdict_kind"], r["verdict"])
+        out.append(Comparison(r["comparison_id"], r["shape"], base, treat, v, bool(r["interleaved"]),
+                              created_at=r["created_at"], extra=_loads(r.get("extra")) or {}))  # fmt: skip
+    return out
+
+
+def _svg(chart: Any) -> str:
+    from ..ui.panels import svg
+
+    text = svg(chart)
+    return text[text.find("<svg"):]  # drop the XML prolog: inline SVG in HTML
+
+
+def _plan_table(plan: Plan) -> str:
+    rows = []
+    for n in plan.nodes:
+        mis = n.misestimate or 1.0
+        cls = " class='mis'" if mis >= 10 else ""
+        rows.append(
+            f"<tr><td>{'&nbsp;' * 4 * n.depth}{html.escape(n.label)}</td><td class='num'>{n.estimated_rows:,.0f}</td>"
+            f"<td class='num'>{(n.actual_rows or 0):,.0f}</td><td class='num'{cls}>{mis:,.1f}x</td>"
+            f"<td class='num'>{(n.exclusive_ms or 0):.3f}</td><td class='num'>{n.get('Shared Hit Blocks', 0)}/{n.get('Shared Read Blocks', 0)}</td></tr>"
+        )
+    return ("<table><tr><th>node</th><th>est. rows</th><th>actual rows</th><th>misestimate</th><th>self ms</th>"
+            "<th>buffers hit/read</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+
+
+def _environment(comps: list[Comparison]) -> str:
+    ctx = comps[-1].treatment.context if comps else {}
+    ds = ctx.get("dataset") or {}
+    target = ctx.get("target") or {}
+    host = ctx.get("host") or {}
+    rows = [
+        ("server", f"PostgreSQL {ctx.get('server_version', '?')} ({target.get('kind', '?')} target {target.get('host')}:{target.get('port')}/{target.get('dbname')})"),
+        ("dataset", f"scale {ds.get('scale')}, seed {ds.get('seed')}, generator v{ds.get('generator_version')}" if ds else "not the sample dataset"),
+        ("checksum", ds.get("checksum", "(not computed)")),
+        ("host", f"{host.get('platform')}, {host.get('cpus')} CPUs, {host.get('memory_gb')} GB, Python {host.get('python')}, load {host.get('load_average_1m')}"),
+    ]
+    settings = ctx.get("settings") or {}
+    rows += [(f"setting {k}", v) for k, v in sorted(settings.items())]
+    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _experiment(c: Comparison, i: int) -> str:
+    from ..ui.charts import before_after, latency_distribution, plan_view
+
+    b, t = c.baseline, c.treatment
+    kind = c.verdict.kind
+    parts = [
+        f"<section class='experiment' id='exp{i}'><h2>{i}. {html.escape(c.shape)}: {html.escape(t.label)}</h2>",
+        f"<p class='verdict {html.escape(kind)}'>{html.escape(c.verdict.text)}</p>",
+        f"<p>median {b.median_ms:.3f} ms → {t.median_ms:.3f} ms, p95 {b.p95_ms:.3f} → {t.p95_ms:.3f} ms; "
+        f"{len(t.samples_ms)} {'interleaved' if c.interleaved else 'sequential'} repetitions; cache {html.escape(t.cache)}; "
+        f"{html.escape(t.tier)} tenant, variant {html.escape(b.variant)} → {html.escape(t.variant)}</p>",
+        f"<div class='charts'>{_svg(before_after(c))}{_svg(latency_distribution(c))}</div>",
+    ]
+    for name, run in (("before", b), ("after", t)):
+        if run.plan is not None:
+            parts.append(f"<h3>plan {name}: <code>{html.escape(run.plan.summary())}</code></h3>{_plan_table(run.plan)}")
+    if t.plan is not None:
+        parts.append(_svg(plan_view(t.plan, title="plan after (width = time, colour = misestimate)")))
+    found = [("before", f) for f in b.findings] + [("after", f) for f in t.findings]
+    if found:
+        parts.append("<h3>findings</h3><ul>" + "".join(
+            f"<li>[{w}] <b>{html.escape(f.rule)}</b>: {html.escape(f.message)} — <i>try {html.escape(f.knob)}</i></li>" for w, f in found
+        ) + "</ul>")  # fmt: skip
+    ddl = [k["ddl"] for k in t.knobs if k.get("ddl")]
+    if ddl and kind == "faster":
+        parts.append("<h3>recommended DDL</h3><pre>" + html.escape(";\n".join(ddl)) + ";</pre>")
+    elif ddl:
+        parts.append(f"<p>not recommended: the index did not make this query measurably faster ({html.escape(kind)}).</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render(comps: list[Comparison], *, title: str = "Database optimization report", secrets: list[str] | None = None,
+           timings: dict[str, float] | None = None) -> str:  # fmt: skip
+    """The report as one HTML string."""
+    if not comps:
+        raise WorkbookError("nothing to report: the results store has no comparison yet (run lab.compare(...) or workbook compare)")
+    summary = "".join(
+        f"<tr><td><a href='#exp{i}'>{html.escape(c.shape)}</a></td><td>{html.escape(c.treatment.label)}</td>"
+        f"<td class='{html.escape(c.verdict.kind)}'>{html.escape(c.verdict.text)}</td>"
+        f"<td class='num'>{c.baseline.median_ms:.3f}</td><td class='num'>{c.treatment.median_ms:.3f}</td></tr>"
+        for i, c in enumerate(comps, 1)
+    )
+    phases = ""
+    if timings:
+        phases = "<p class='sub'>" + ", ".join(f"{html.escape(k)} {v:.1f} s" for k, v in timings.items()) + "</p>"
+    body = (
+        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} "
+        f"from {len(comps)} measured comparisons</p>{phases}"
+        "<h2>Environment</h2>" + _environment(comps)
+        + "<h2>Summary</h2><table><tr><th>query shape</th><th>change</th><th>verdict</th><th>median before (ms)</th>"
+        "<th>median after (ms)</th></tr>" + summary + "</table>"
+        + "\n".join(_experiment(c, i) for i, c in enumerate(comps, 1))
+    )  # fmt: skip
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>{body}</body></html>")  # fmt: skip
+    return scrub(doc, secrets or [])
+
+
+def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None = None, title: str | None = None,
+                 secrets: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
+    """Write the report of the stored comparisons (all, or ``ids``) to ``path``; return it."""
+    comps = comparisons_from_store(store, ids)
+    text = render(comps, title=title or "Database optimization report", secrets=secrets, timings=timings)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out
