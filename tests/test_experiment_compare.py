@@ -43,6 +43,8 @@ def test_verdict_reports_a_real_ratio_with_an_interval_and_calls_noise_noise() -
     assert same.kind == "no measurable difference" and same.ci_low <= 1 <= same.ci_high
     small = verdict(rng.lognormal(np.log(1.04), 0.01, 40), rng.lognormal(0, 0.01, 40))
     assert small.kind == "negligible" and small.ci_low > 1 and "under the 1.10x" in small.text
+    slow = verdict(rng.lognormal(0, 0.01, 40), rng.lognormal(np.log(1.04), 0.01, 40))
+    assert slow.kind == "negligible" and slow.text.startswith("negligible: 1.04x slower, 95% CI 1.0")
 
 
 # ------------------------------------------------------------------ index comparisons

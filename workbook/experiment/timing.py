@@ -108,9 +108,12 @@ def verdict(
         return Verdict(ratio, lo, hi, "faster", f"{_x(ratio)} faster, {ci}", threshold)
     if ratio <= 1 / threshold:
         return Verdict(ratio, lo, hi, "slower", f"{_x(1 / ratio)} slower, {pct} CI {_x(1 / hi)}-{_x(1 / lo)}", threshold)
-    way = f"{_x(ratio)} faster" if ratio > 1 else f"{_x(1 / ratio)} slower"
+    if ratio > 1:
+        way = f"{_x(ratio)} faster, {ci}"
+    else:  # said the way a slowdown is said: both bounds inverted
+        way = f"{_x(1 / ratio)} slower, {pct} CI {_x(1 / hi)}-{_x(1 / lo)}"
     return Verdict(ratio, lo, hi, "negligible",
-                   f"negligible: {way}, {ci}, real but under the {threshold:.2f}x that matters", threshold)  # fmt: skip
+                   f"negligible: {way}, real but under the {threshold:.2f}x that matters", threshold)  # fmt: skip
 
 
 def time_interleaved(
