@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start (or create) the local cluster")
     up.add_argument("--replicas", type=int, default=None, help="grow or shrink to N streaming replicas")
-    up.add_argument("--port", type=int, default=None, help="primary's TCP port when creating (default: first free from 54320)")
+    up.add_argument("--port", type=int, default=None, help="primary's TCP port when creating (default: first free from 25432)")
 
     st = sub.add_parser("status", help="each node's role, pid, port, state and replication lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")

@@ -45,7 +45,10 @@ from .target import Endpoint, Target
 
 SUPERUSER = "postgres"
 DATABASE = "workbook"
-DEFAULT_PORT = 54320
+# Below Linux's ephemeral range (32768-60999): a port from that range can be taken at any moment as
+# the local end of some outgoing connection (or a kernel's ZMQ socket), and a cluster restarted
+# later would then find its own port "in use". 54320 was in that range and collided once in CI.
+DEFAULT_PORT = 25432
 STATE_VERSION = 1
 
 SyncMode = Literal["off", "async", "remote_write", "on", "remote_apply"]
