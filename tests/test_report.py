@@ -12,6 +12,7 @@ import pytest
 
 from workbook.cluster import LocalCluster
 from workbook.lab import open_lab
+from workbook.results import ResultsStore
 
 from .conftest import ARTIFACTS, catalog_snapshot, run_cli
 
@@ -117,3 +118,31 @@ def test_lab_report_from_chosen_runs(lab: LocalCluster, tmp_path: Path) -> None:
 def test_report_bad_arguments(lab: LocalCluster, tmp_path: Path, args: list[str], message: str) -> None:
     r = run_cli("--home", str(lab.home), *args, "--out", str(tmp_path / "x.html"))
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_report_refuses_an_unwritable_output_and_a_read_only_target_before_running_anything(
+    lab: LocalCluster, tmp_path: Path
+) -> None:
+    before = len(ResultsStore(lab.home).comparisons())
+    r = run_cli("--home", str(lab.home), "report", "--out", str(tmp_path / "missing" / "x.html"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("--home", str(tmp_path / "h"), "--dsn", lab.target().primary.dsn, "report", "--out", str(tmp_path / "x.html"))
+    assert r.returncode == 2 and "read-only" in r.stderr and lab._password() not in r.stderr
+    assert len(ResultsStore(lab.home).comparisons()) == before, "no experiment ran"
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "h").exists()
+
+
+def test_shapes_on_a_database_without_the_dataset_say_so(lab: LocalCluster) -> None:
+    with lab.target().connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS wb_empty")
+        conn.execute("CREATE DATABASE wb_empty")
+    try:
+        dsn = lab.target().primary.dsn.replace("dbname=workbook", "dbname=wb_empty")
+        for args in (["explain", "--shape", "conversation_latest_messages"],
+                     ["--allow-writes", "compare", "--shape", "user_conversation_list", "--against", "window"]):  # fmt: skip
+            r = run_cli("--dsn", dsn, *args)
+            assert r.returncode == 2 and "no sample dataset in this database" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+    finally:
+        with lab.target().connect() as conn:
+            conn.execute("DROP DATABASE wb_empty")

@@ -385,6 +385,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_file(path: Path) -> None:
+    """Refuse an output path whose folder is missing or not writable, or that is a folder."""
+    folder = path.expanduser().absolute().parent
+    if path.is_dir():
+        raise WorkbookError(f"--out {str(path)!r} is a folder; give a file name such as report.html")
+    if not folder.is_dir():
+        raise WorkbookError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise WorkbookError(f"cannot write {str(path)!r}: folder {str(folder)!r} is not writable")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .dataset import Generator
     from .report import main_job
@@ -393,8 +404,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         Generator(42, args.scale)  # a bad scale is refused before anything starts
     if args.repeats < 2:
         raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
+    _writable_file(Path(args.out))  # refused now, not after the suite has run
     if args.dsn:
-        _external_target(args)  # validates the DSN (redacted errors)
+        target = _external_target(args)  # validates the DSN (redacted errors)
+        target.require_writes("the report's what-if experiments (all rolled back)")
         os.environ["WORKBOOK_DSN"] = args.dsn
         os.environ["WORKBOOK_ALLOW_WRITES"] = "1" if args.allow_writes else "0"
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

@@ -37,7 +37,15 @@ def sample(name: str, conn: psycopg.Connection[Any], tier: str = "hot", k: int =
         fn = SAMPLERS[name]
     except KeyError:
         raise WorkbookError(f"no sampler {name!r}; known: {sorted(SAMPLERS)}") from None
-    return fn(conn, tier, k)
+    import psycopg
+
+    try:
+        return fn(conn, tier, k)
+    except psycopg.errors.UndefinedTable as exc:
+        raise WorkbookError(
+            f"no sample dataset in this database ({exc.diag.message_primary}); load it with 'workbook load' "
+            "(or point --dsn/--home at the database that has it)"
+        ) from None
 
 
 def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...], what: str) -> tuple[Any, ...]:

@@ -180,8 +180,12 @@ def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None
     comps = comparisons_from_store(store, ids)
     text = render(comps, title=title or "Database optimization report", secrets=secrets, timings=timings)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise WorkbookError(f"cannot write the report to {str(out)!r}: {exc.strerror or exc}") from None
     return out
