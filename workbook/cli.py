@@ -310,22 +310,21 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .cluster._local import default_home
+    from .cluster._local import resolve_home
     from .results import ResultsStore
 
-    return ResultsStore(Path(args.home).expanduser().absolute() if args.home else default_home())
+    return ResultsStore(resolve_home(args.home))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .dataset import shape
-    from .experiment import explain, findings
+    from .experiment import explain_shape, findings
 
     qs = shape(args.shape)
     variant = qs.variant(args.variant)
     target = _external_target(args) or _cluster(args).target()
     with target.connect() as conn:
-        params = qs.sample(conn, args.tier)
-        plan = explain(conn, variant.statements[0], params)
+        plan, params = explain_shape(conn, qs, variant.name, tier=args.tier)
     found = findings(plan)
     if args.json:
         frame = plan.frame()

@@ -80,6 +80,16 @@ class Lab:
             ).fetchall()
         return pd.DataFrame(rows, columns=["table", "rows", "size", "bytes"])
 
+    def ensure_dataset(self, scale: float | None = None, seed: int = 42, progress: Any = True) -> DatasetInfo:
+        """The loaded dataset; loads it (at ``scale``, default ``WORKBOOK_SCALE``) if there is none."""
+        if self.info is not None:
+            return self.info
+        if not self.target.allow_writes:
+            raise WorkbookError(
+                "no sample dataset on this read-only target; load it on a writable one (workbook load --allow-writes)"
+            )
+        return self.load(scale if scale is not None else _env_scale(), seed, progress=progress)
+
     def load(self, scale: float, seed: int = 42, progress: Any = True) -> DatasetInfo:
         from .dataset import Generator, load
 
@@ -88,11 +98,10 @@ class Lab:
 
     # ---- experiments --------------------------------------------------------------------
     def explain(self, shape: str, variant: str | None = None, tier: str = "hot") -> Plan:
-        from .experiment import explain
+        from .experiment import explain_shape
 
-        qs = self.shape(shape)
         with self.target.connect() as conn:
-            return explain(conn, qs.variant(variant).statements[0], qs.sample(conn, tier))
+            return explain_shape(conn, shape, variant, tier=tier)[0]
 
     def compare(self, shape: str, treatment: Any, baseline: Any = None, **kwargs: Any) -> Comparison:
         """:func:`workbook.experiment.compare` on this lab's target, stored in its results."""
@@ -106,18 +115,12 @@ class Lab:
         return WhatIfIndex(self.index(index))
 
     # ---- reports ---------------------------------------------------------------------------
-    def secrets(self) -> list[str]:
-        """Every password this lab knows (its DSNs'): a report scrubs them, whatever it holds."""
-        from .cluster.target import dsn_params
-
-        return [p for e in self.target.endpoints if (p := dsn_params(e.dsn).get("password"))]
-
     def report(self, path: str | os.PathLike[str], comparisons: list[Any] | None = None, *, title: str | None = None) -> Path:
         """Write one self-contained HTML report of the stored comparisons (all, or those given)."""
         from .report import write_report
 
         ids = None if comparisons is None else [c if isinstance(c, str) else c.comparison_id for c in comparisons]
-        return write_report(self.store, path, ids=ids, title=title, secrets=self.secrets())
+        return write_report(self.store, path, ids=ids, title=title, dsns=[e.dsn for e in self.target.endpoints])
 
     # ---- panels ---------------------------------------------------------------------------
     def panel(self, shape: str) -> ExperimentPanel:
@@ -129,6 +132,27 @@ class Lab:
         from .ui.panels import DatasetPanel
 
         return DatasetPanel(self)
+
+
+def attach_lab(*, home: str | os.PathLike[str] | None = None, replicas: int | None = None) -> Lab:
+    """Start or attach to the cluster (or use ``WORKBOOK_DSN``) and return the Lab; loads nothing."""
+    from .cluster import LocalCluster, Target
+    from .cluster._local import resolve_home
+    from .dataset import dataset_info
+    from .results import ResultsStore
+
+    root = resolve_home(home)
+    dsn = os.environ.get("WORKBOOK_DSN")
+    if dsn:
+        target = Target.from_dsn(dsn, os.environ.get("WORKBOOK_REPLICA_DSNS", "").split(),
+                                 allow_writes=os.environ.get("WORKBOOK_ALLOW_WRITES") == "1")  # fmt: skip
+    else:
+        cluster = LocalCluster(root)
+        cluster.up(replicas=replicas)
+        target = cluster.target()
+    with target.connect() as conn:
+        info = dataset_info(conn)
+    return Lab(target=target, store=ResultsStore(root), home=root, info=info)
 
 
 def open_lab(
@@ -144,28 +168,6 @@ def open_lab(
     With ``WORKBOOK_DSN`` set, your own server is used as it is (read-only unless
     ``WORKBOOK_ALLOW_WRITES=1``); a missing dataset there is an error, not a load.
     """
-    from .cluster import LocalCluster, Target
-    from .cluster._local import default_home
-    from .dataset import dataset_info
-    from .results import ResultsStore
-
-    dsn = os.environ.get("WORKBOOK_DSN")
-    root = Path(home).expanduser().absolute() if home else default_home()
-    if dsn:
-        target = Target.from_dsn(dsn, os.environ.get("WORKBOOK_REPLICA_DSNS", "").split(),
-                                 allow_writes=os.environ.get("WORKBOOK_ALLOW_WRITES") == "1")  # fmt: skip
-    else:
-        cluster = LocalCluster(root)
-        cluster.up(replicas=replicas)
-        target = cluster.target()
-    with target.connect() as conn:
-        info = dataset_info(conn)
-    if info is None:
-        if not target.allow_writes:
-            raise WorkbookError(
-                "no sample dataset on this read-only target; load it on a writable one (workbook load --allow-writes)"
-            )
-        from .dataset import Generator, load
-
-        info = load(target, generator=Generator(seed, scale if scale is not None else _env_scale()), progress=progress)
-    return Lab(target=target, store=ResultsStore(root), home=root, info=info)
+    lab = attach_lab(home=home, replicas=replicas)
+    lab.ensure_dataset(scale, seed, progress=progress)
+    return lab

@@ -59,6 +59,11 @@ def default_home() -> Path:
     return Path(os.environ.get("WORKBOOK_HOME") or ".workbook").expanduser().absolute()
 
 
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """``home`` made absolute, or the default home (``WORKBOOK_HOME``, else ``./.workbook``)."""
+    return Path(home).expanduser().absolute() if home is not None else default_home()
+
+
 @dataclass
 class NodeSpec:
     name: str
@@ -77,7 +82,7 @@ class LocalCluster:
         pg_bin: str | os.PathLike[str] | None = None,
         port: int | None = None,
     ) -> None:
-        self.home = Path(home).expanduser().absolute() if home is not None else default_home()
+        self.home = resolve_home(home)
         self._pg_bin = pg_bin
         self._port = port if port is not None else _env_port()
         self._lock_depth = 0

@@ -33,7 +33,7 @@ def dsn_params(dsn: str) -> dict[str, str]:
         return conninfo.conninfo_to_dict(dsn)  # type: ignore[return-value]
     except Exception as exc:  # psycopg.ProgrammingError; its text may echo the DSN
         raise TargetError(
-            f"not a valid PostgreSQL DSN ({_scrub(str(exc).strip(), dsn)}); use "
+            f"not a valid PostgreSQL DSN ({redact_text(str(exc).strip(), dsn)}); use "
             "'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...'"
         ) from None
 
@@ -60,7 +60,8 @@ def _password_of(dsn: str) -> str | None:
         return None
 
 
-def _scrub(text: str, *dsns: str) -> str:
+def redact_text(text: str, *dsns: str) -> str:
+    """``text`` with each DSN, and each DSN's password (plain or URL-encoded), replaced."""
     for dsn in dsns:
         pw = _password_of(dsn)
         if pw:
@@ -199,7 +200,7 @@ class Target:
 
 def _explain_connect_error(ep: Endpoint, exc: Exception) -> str:
     raw = " ".join(str(exc).split())
-    msg = _scrub(raw, ep.dsn)
+    msg = redact_text(raw, ep.dsn)
     where = redact_dsn(ep.dsn)
     low = raw.lower()
     if "password authentication failed" in low or "no password supplied" in low:

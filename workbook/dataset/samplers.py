@@ -5,7 +5,8 @@ values; ``cold`` from small tenants and rare values. ``k`` picks the k-th candid
 timings can rotate through several parameter sets instead of hammering one cached row. Every
 sampler is deterministic for a given dataset, tier and k.
 
-The samplers read the sample schema (``ai_app``) with plain SQL; on the unindexed starting point
+The samplers read the sample schema (``ai_app``); the tier's sort direction is composed with
+:mod:`psycopg.sql`; on the unindexed starting point
 the few that scan a big table take tens of milliseconds at SF 1, once per experiment.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
 
 from ..errors import WorkbookError
 from .generator import ANCHOR, Vocabulary
@@ -48,7 +51,7 @@ def sample(name: str, conn: psycopg.Connection[Any], tier: str = "hot", k: int =
         ) from None
 
 
-def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+def _one(conn: psycopg.Connection[Any], query: str | sql.Composable, params: tuple[Any, ...], what: str) -> tuple[Any, ...]:
     row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
     if row is None:
         raise WorkbookError(f"the loaded dataset has no {what} to sample; is it loaded (workbook load)?")
@@ -58,10 +61,10 @@ def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...], wha
 @sampler
 def org(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     """``org_id``: one of the largest tenants (hot) or a small one (cold)."""
-    column = "hot_orgs" if tier == "hot" else "cold_orgs"
+    column = sql.Identifier("hot_orgs" if tier == "hot" else "cold_orgs")
     (org_id,) = _one(
         conn,
-        f"SELECT {column}[1 + %s %% cardinality({column})] FROM ai_app.dataset_info",
+        sql.SQL("SELECT {c}[1 + %s %% cardinality({c})] FROM ai_app.dataset_info").format(c=column),
         (k,),
         "dataset_info row",
     )
@@ -86,10 +89,10 @@ def user(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
 def conversation(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     """``conversation_id`` with its ``org_id`` and ``user_id``: a long one (hot) or a short one (cold)."""
     params = org(conn, tier, k)
-    order = "message_count DESC, id" if tier == "hot" else "message_count, id"
     cid, uid = _one(
         conn,
-        f"SELECT id, user_id FROM ai_app.conversations WHERE org_id = %s ORDER BY {order} LIMIT 1 OFFSET %s",
+        sql.SQL("SELECT id, user_id FROM ai_app.conversations WHERE org_id = %s ORDER BY message_count {}, id LIMIT 1 OFFSET %s")
+        .format(_direction(tier)),
         (params["org_id"], k % 5),
         "conversation",
     )
@@ -99,10 +102,10 @@ def conversation(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, 
 @sampler
 def model(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     """``model``: a frequent model (hot: low selectivity) or the rarest ones (cold)."""
-    order = "count(*) DESC" if tier == "hot" else "count(*)"
     (name,) = _one(
         conn,
-        f"SELECT model FROM ai_app.usage_events GROUP BY model ORDER BY {order}, model LIMIT 1 OFFSET %s",
+        sql.SQL("SELECT model FROM ai_app.usage_events GROUP BY model ORDER BY count(*) {}, model LIMIT 1 OFFSET %s")
+        .format(_direction(tier)),
         (k % 2,),
         "usage event",
     )
@@ -128,10 +131,10 @@ def day_range(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any
 @sampler
 def month(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     """``month_start``: an invoiced month (hot: the latest complete one)."""
-    order = "DESC" if tier == "hot" else ""
     (start,) = _one(
         conn,
-        f"SELECT DISTINCT period_start FROM ai_app.invoices WHERE status <> 'open' ORDER BY period_start {order} LIMIT 1",
+        sql.SQL("SELECT DISTINCT period_start FROM ai_app.invoices WHERE status <> 'open' ORDER BY period_start {} LIMIT 1")
+        .format(_direction(tier)),
         (),
         "invoice",
     )
@@ -176,10 +179,10 @@ def page(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
 @sampler
 def chunk_org(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     """``org_id`` of a tenant with documents: the largest corpus (hot) or a small one (cold)."""
-    order = "count(*) DESC" if tier == "hot" else "count(*)"
     (org_id,) = _one(
         conn,
-        f"SELECT org_id FROM ai_app.chunks GROUP BY org_id HAVING count(*) >= 10 ORDER BY {order}, org_id LIMIT 1 OFFSET %s",
+        sql.SQL("SELECT org_id FROM ai_app.chunks GROUP BY org_id HAVING count(*) >= 10 ORDER BY count(*) {}, org_id"
+                " LIMIT 1 OFFSET %s").format(_direction(tier)),  # fmt: skip
         (k % 3,),
         "chunk",
     )
@@ -210,6 +213,11 @@ def api_key(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
         "api key",
     )
     return {**params, "key_prefix": prefix}
+
+
+def _direction(tier: str) -> sql.SQL:
+    """Largest first for the hot tier, smallest first for the cold one."""
+    return sql.SQL("DESC" if tier == "hot" else "ASC")
 
 
 def _iso(epoch: int) -> str:

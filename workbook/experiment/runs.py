@@ -288,7 +288,7 @@ def measure(
                     _check(runners[i], qs, variants[i], timeout_s)
                     samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
                                                   progress=progress, should_stop=should_stop)[0]  # fmt: skip
-                    plans[i] = _plan(conns[i], qs, variants[i], params[0], timeout_s)
+                    plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
         else:
             with ExitStack() as knobs:
                 whatif = any(k.scope == "transaction" for k in all_knobs)
@@ -303,7 +303,7 @@ def measure(
                 samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,
                                            progress=progress, should_stop=should_stop)  # fmt: skip
                 for i in range(len(arms)):
-                    plans[i] = _plan(conns[i], qs, variants[i], params[0], timeout_s)
+                    plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
     runs = [
         Run(
             run_id=uuid.uuid4().hex, label=arm.label, shape=qs.name, variant=variants[i], tier=tier,
@@ -331,8 +331,22 @@ def _check(run: Callable[[], object], qs: QueryShape, variant: str, timeout_s: f
         raise QueryFailed(f"{qs.name} ({variant}) failed on the server (nothing changed): {_server_message(exc)}") from exc
 
 
-def _plan(conn: psycopg.Connection[Any], qs: QueryShape, variant: str, params: dict[str, Any], timeout_s: float) -> Plan:
-    return explain(conn, qs.variant(variant).statements[0], params, timeout_s=timeout_s)
+def explain_shape(
+    conn: psycopg.Connection[Any],
+    qs: QueryShape | str,
+    variant: str | None = None,
+    params: dict[str, Any] | None = None,
+    *,
+    tier: str = "hot",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> tuple[Plan, dict[str, Any]]:
+    """EXPLAIN ANALYZE a shape's variant (its first statement for a per-row variant), rolled back.
+
+    ``params`` default to a sample for ``tier``; returns the plan and the parameters used.
+    """
+    qs = _as_shape(qs)
+    params = params if params is not None else qs.sample(conn, tier)
+    return explain(conn, qs.variant(variant).statements[0], params, timeout_s=timeout_s), params
 
 
 def run_shape(

@@ -3,8 +3,8 @@
 Everything is inline: charts are SVG rendered in this process (vl-convert), styles are one
 ``<style>`` block, there is no script and no external URL, so the file opens offline and makes no
 request. It is built only from stored runs (what was measured), and every text that could hold a
-secret goes through :func:`scrub` with the passwords the caller knows, on top of the store never
-holding one (contexts record host, port and database only).
+secret goes through :func:`~workbook.cluster.target.redact_text` with the DSNs the caller used,
+on top of the store never holding one (contexts record host, port and database only).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..cluster.target import redact_text
 from ..errors import WorkbookError
 from ..experiment.findings import Finding
 from ..experiment.plan import Plan, parse_plan
@@ -32,13 +33,6 @@ section.experiment { border-top: 2px solid #1f77b4; margin-top: 2em; padding-top
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
 pre { padding: 8px; overflow-x: auto; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
 """
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "********")
-    return text
 
 
 def _loads(value: Any) -> Any:
@@ -79,7 +73,7 @@ def comparisons_from_store(store: ResultsStore, ids: list[str] | None = None) ->
 
 
 def _svg(chart: Any) -> str:
-    from ..ui.panels import svg
+    from ..ui.charts import svg
 
     text = svg(chart)
     return text[text.find("<svg"):]  # drop the XML prolog: inline SVG in HTML
@@ -147,7 +141,7 @@ def _experiment(c: Comparison, i: int) -> str:
     return "\n".join(parts)
 
 
-def render(comps: list[Comparison], *, title: str = "Database optimization report", secrets: list[str] | None = None,
+def render(comps: list[Comparison], *, title: str = "Database optimization report", dsns: list[str] | None = None,
            timings: dict[str, float] | None = None) -> str:  # fmt: skip
     """The report as one HTML string."""
     if not comps:
@@ -171,14 +165,14 @@ def render(comps: list[Comparison], *, title: str = "Database optimization repor
     )  # fmt: skip
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>{body}</body></html>")  # fmt: skip
-    return scrub(doc, secrets or [])
+    return redact_text(doc, *(dsns or []))
 
 
 def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None = None, title: str | None = None,
-                 secrets: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
+                 dsns: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
     """Write the report of the stored comparisons (all, or ``ids``) to ``path``; return it."""
     comps = comparisons_from_store(store, ids)
-    text = render(comps, title=title or "Database optimization report", secrets=secrets, timings=timings)
+    text = render(comps, title=title or "Database optimization report", dsns=dsns, timings=timings)
     out = Path(path)
     tmp = out.with_suffix(out.suffix + ".tmp")
     try:

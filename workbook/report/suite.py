@@ -74,30 +74,24 @@ def main_job(out: str | Path, *, home: str | Path | None = None, scale: float | 
              shapes: list[str] | None = None, repeats: int = 20,
              progress: Callable[[str], None] | None = None) -> tuple[Path, dict[str, float]]:  # fmt: skip
     """``workbook report``: cluster, dataset if missing, the suite, the HTML. Returns the path and phase seconds."""
-    import os
-
-    from ..cluster import LocalCluster
-    from ..cluster._local import default_home
-    from ..lab import open_lab
+    from ..lab import attach_lab
     from .html import write_report
 
     say = progress or (lambda _: None)
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
-    root = Path(home).expanduser().absolute() if home else default_home()
-    if not os.environ.get("WORKBOOK_DSN"):  # else your own server, as it is (open_lab reads the DSN)
-        say("cluster: starting or attaching")
-        LocalCluster(root).up()
+    say("cluster: starting or attaching")
+    lab = attach_lab(home=home)  # or your own server with WORKBOOK_DSN, as it is
     phases["cluster"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     say("dataset: loading if missing")
-    lab = open_lab(home=root, scale=scale, progress=False)
+    lab.ensure_dataset(scale, progress=False)
     phases["load"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     ids = run_suite(lab, shapes=shapes, repeats=repeats, progress=say)
     phases["experiments"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    path = write_report(lab.store, out, ids=ids, secrets=lab.secrets(), timings=phases)
+    path = write_report(lab.store, out, ids=ids, dsns=[e.dsn for e in lab.target.endpoints], timings=phases)
     phases["render"] = time.perf_counter() - t3
     say(f"report: {path}")
     return path, phases

@@ -145,23 +145,20 @@ class ResultsStore:
             return [json.dumps(row.get(c), default=str) if c in _JSON and row.get(c) is not None else row.get(c)
                     for c in columns]  # fmt: skip
 
-        def write() -> None:
-            with self._connect(write=True) as con:
-                con.execute("BEGIN")
-                if runs:
-                    con.executemany(
-                        f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
-                        [encode(r, RUN_COLUMNS) for r in runs],
-                    )
-                if comparison is not None:
-                    con.execute(
-                        f"INSERT INTO comparisons ({', '.join(COMPARISON_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(COMPARISON_COLUMNS))})",
-                        encode(comparison, COMPARISON_COLUMNS),
-                    )
-                con.execute("COMMIT")
-
-        self._retry(write)
+        with self._connect(write=True) as con:  # _connect waits for another writer's lock
+            con.execute("BEGIN")
+            if runs:
+                con.executemany(
+                    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+                    [encode(r, RUN_COLUMNS) for r in runs],
+                )
+            if comparison is not None:
+                con.execute(
+                    f"INSERT INTO comparisons ({', '.join(COMPARISON_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(COMPARISON_COLUMNS))})",
+                    encode(comparison, COMPARISON_COLUMNS),
+                )
+            con.execute("COMMIT")
 
     def cached_checksum(self, key: str, compute: Callable[[], str]) -> str:
         """The dataset checksum stored under ``key``, computing and storing it the first time."""
@@ -172,14 +169,8 @@ class ResultsStore:
                     if rows:
                         return str(rows[0][0])
         value = compute()
-
-        def write() -> None:
-            with self._connect(write=True) as con:
-                con.execute(
-                    "INSERT INTO datasets VALUES (?, ?, now()) ON CONFLICT (dataset_key) DO NOTHING", [key, value]
-                )
-
-        self._retry(write)
+        with self._connect(write=True) as con:
+            con.execute("INSERT INTO datasets VALUES (?, ?, now()) ON CONFLICT (dataset_key) DO NOTHING", [key, value])
         return value
 
     # ---- reading ---------------------------------------------------------------------

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .charts import before_after, index_tradeoff, latency_distribution, plan_frame, plan_view, tradeoff_frame
+from .charts import before_after, index_tradeoff, latency_distribution, plan_frame, plan_view, svg, tradeoff_frame
 
 
 def show(chart: Any) -> Any:
     """Display a chart as static SVG (rendered in the kernel: works offline, headless and in any frontend)."""
     from IPython.display import SVG, display
 
-    from .panels import svg
-
     out = SVG(svg(chart))
     display(out)
     return None
 
 
-__all__ = ["before_after", "index_tradeoff", "latency_distribution", "plan_frame", "plan_view", "show", "tradeoff_frame"]
+__all__ = ["before_after", "index_tradeoff", "latency_distribution", "plan_frame", "plan_view", "show", "svg", "tradeoff_frame"]

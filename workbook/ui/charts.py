@@ -8,6 +8,7 @@ render it. No SQL here.
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 from ..experiment.plan import Plan, log_factor
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 
 BASELINE_COLOUR = "#8c8c8c"
 TREATMENT_COLOUR = "#1f77b4"
+
+
+def svg(chart: Any) -> str:
+    """An Altair chart as SVG text (rendered by vl-convert, in this process: no JavaScript, no network)."""
+    buf = io.StringIO()
+    chart.save(buf, format="svg")
+    return buf.getvalue()
 
 
 def _alt() -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +23,6 @@ if TYPE_CHECKING:
     from ..experiment import Comparison, Run
     from ..lab import Lab
 
-
-def svg(chart: Any) -> str:
-    """An Altair chart as SVG text (rendered by vl-convert, in this process)."""
-    buf = io.StringIO()
-    chart.save(buf, format="svg")
-    return buf.getvalue()
 
 
 def _parse_settings(text: str) -> list[tuple[str, str]]:
@@ -144,12 +137,8 @@ class ExperimentPanel:
 
     def _show_ddl(self) -> None:
         ticked = [self.specs[n] for n, b in self.index_boxes.items() if b.value]
-        lines = [self._ddl(s) for s in ticked]
+        lines = [s.create(concurrently=True).as_string(None) for s in ticked]
         self.ddl.value = "" if not lines else "<b>to keep it:</b><pre class='workbook-ddl'>" + html.escape(";\n".join(lines)) + ";</pre>"
-
-    def _ddl(self, spec: Any) -> str:
-        with self.lab.target.connect() as conn:
-            return spec.create(concurrently=True).as_string(conn)
 
     def _shape(self) -> Any:
         """The shape to run: the catalog's, or the SQL as edited in the panel."""
@@ -187,7 +176,7 @@ class ExperimentPanel:
 
     def _run(self) -> Comparison | Run | None:
         from ..experiment import Arm, Setting, WhatIfIndex, compare, run_shape
-        from .charts import before_after, plan_view
+        from .charts import before_after, plan_view, svg
 
         self.error.value = ""
         self.run_button.disabled, self.cancel_button.disabled = True, False
