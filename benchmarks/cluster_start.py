@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +28,7 @@ from workbook.cluster import LocalCluster, PgBinaries
 from workbook.cluster._node import free_port
 from workbook.cluster._osuser import RunAs
 
-
-def _home() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/var/tmp"))
-    d.chmod(0o755)
-    return d
+from _scratch import new_home_dir
 
 
 class Raw:
@@ -150,7 +145,7 @@ def main() -> None:
     for case in cases:  # all empty runs first: a 1 GB load's writeback must not land in them
         for rep in range(a.repeats):
             for side in (("wb", "raw") if rep % 2 == 0 else ("raw", "wb")):  # interleaved, alternating
-                parent = _home()
+                parent = new_home_dir()
                 try:
                     if side == "wb":
                         took, mb = _workbook_side(parent, case, a.scale)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,8 @@ from psycopg import sql
 from workbook.cluster import LocalCluster
 from workbook.dataset.generator import Generator
 from workbook.dataset.loader import _vector_schema, schema_sections
+
+from _scratch import scratch_cluster
 
 _CHILD = """
 import json, resource, sys
@@ -88,11 +88,7 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 1, 3])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (workbook, COPY limit, pgbench) at SF 1")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="wb-bench-load-", dir="/var/tmp"))
-    home.chmod(0o755)
-    cluster = LocalCluster(home / "home")
-    try:
-        cluster.up(replicas=0)
+    with scratch_cluster("wb-bench-load-") as cluster:
         print(f"{'SF':>5} {'rows':>11} {'MB':>8} {'seconds':>8} {'MB/s':>7} {'copy-phase MB/s':>16} {'peak RSS MB':>12}")
         results = {}
         for scale in args.scales:
@@ -130,9 +126,6 @@ def main() -> None:
         print(f"ratio vs COPY ingest limit (b): median {statistics.median(ratios_b):.2f}x, "
               f"range {min(ratios_b):.2f}-{max(ratios_b):.2f}x   (goal >= 0.7x)")  # fmt: skip
         print(f"ratio vs pgbench -i (a):        median {statistics.median(ratios_a):.2f}x, range {min(ratios_a):.2f}-{max(ratios_a):.2f}x")
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,28 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _scratch import scratch_dir
+
+
+def run_round(r: int, parent: Path, scale: float | None) -> None:
+    home, out = parent / "home", parent / "report.html"
+    argv = [sys.executable, "-m", "workbook", "--home", str(home), "report", "--out", str(out), "--quiet"]
+    if scale is not None:
+        argv += ["--scale", str(scale)]
+    try:
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", done.stdout)}
+        print(f"{r + 1:>5} {wall:>7.1f} {phases['cluster']:>10.1f} {phases['load']:>7.1f} {phases['experiments']:>14.1f} "
+              f"{phases['render']:>9.1f} {out.stat().st_size / 1024:>10.0f}")  # fmt: skip
+    finally:
+        subprocess.run([sys.executable, "-m", "workbook", "--home", str(home), "down", "--destroy"], capture_output=True)
 
 
 def main() -> None:
@@ -27,22 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{'round':>5} {'wall s':>7} {'cluster s':>10} {'load s':>7} {'experiments s':>14} {'render s':>9} {'report KB':>10}")
     for r in range(args.rounds):
-        parent = Path(tempfile.mkdtemp(prefix="wb-bench-report-", dir="/var/tmp"))
-        parent.chmod(0o755)
-        home, out = parent / "home", parent / "report.html"
-        argv = [sys.executable, "-m", "workbook", "--home", str(home), "report", "--out", str(out), "--quiet"]
-        if args.scale is not None:
-            argv += ["--scale", str(args.scale)]
-        try:
-            t0 = time.perf_counter()
-            done = subprocess.run(argv, capture_output=True, text=True, check=True)
-            wall = time.perf_counter() - t0
-            phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", done.stdout)}
-            print(f"{r + 1:>5} {wall:>7.1f} {phases['cluster']:>10.1f} {phases['load']:>7.1f} {phases['experiments']:>14.1f} "
-                  f"{phases['render']:>9.1f} {out.stat().st_size / 1024:>10.0f}")  # fmt: skip
-        finally:
-            subprocess.run([sys.executable, "-m", "workbook", "--home", str(home), "down", "--destroy"], capture_output=True)
-            shutil.rmtree(parent, ignore_errors=True)
+        with scratch_dir("wb-bench-report-") as parent:
+            run_round(r, parent, args.scale)
     print("\ngoal: < 180 s end to end from nothing")
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
 from workbook.cluster import LocalCluster
 from workbook.experiment import time_interleaved
+
+from _scratch import scratch_cluster, scratch_dir
 
 SCRIPT = "\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
 QUERY = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"
@@ -69,12 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
-    parent = Path(tempfile.mkdtemp(prefix="wb-bench-timing-", dir="/var/tmp"))
-    parent.chmod(0o755)
-    workdir = Path(tempfile.mkdtemp(prefix="wb-pgbench-"))
-    cluster = LocalCluster(parent / "home")
-    try:
-        cluster.up(replicas=0)
+    with scratch_cluster("wb-bench-timing-") as cluster, scratch_dir("wb-pgbench-") as workdir:
         env = {**os.environ, "PGPASSWORD": cluster._password()}
         subprocess.run([cluster.bins.exe("pgbench"), "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p",
                         str(cluster.status()[0].port), "-U", "postgres", "workbook"], env=env, check=True, capture_output=True)  # fmt: skip
@@ -91,10 +86,6 @@ def main() -> None:
             print(f"{r + 1:>5} {pg:>18.4f} {ours:>18.4f} {ours / pg:>6.2f}x {n:>7}")
         print(f"\nharness / pgbench -M prepared (median of {args.rounds} rounds): {statistics.median(ratios):.2f}x "
               f"(range {min(ratios):.2f}-{max(ratios):.2f}x; goal <= 1.25x)")  # fmt: skip
-    finally:
-        cluster.destroy()
-        shutil.rmtree(parent, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ server's work, the floor). Goal: < 5 s per toggle.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from workbook.cluster import LocalCluster
 from workbook.dataset import load, load_indexes
 from workbook.experiment import Index, WhatIfIndex, compare
+
+from _scratch import scratch_cluster
 
 SHAPE = "conversation_latest_messages"
 INDEX = "messages_conversation_created"
@@ -36,11 +34,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    parent = Path(tempfile.mkdtemp(prefix="wb-bench-toggle-", dir="/var/tmp"))
-    parent.chmod(0o755)
-    cluster = LocalCluster(parent / "home")
-    try:
-        cluster.up(replicas=0)
+    with scratch_cluster("wb-bench-toggle-") as cluster:
         info = load(cluster.target(), args.scale, 42, progress=False)
         print(f"SF {args.scale:g}: {info.rows['messages']:,} messages loaded in {info.load_seconds:.1f} s\n")
         spec = load_indexes()[INDEX]
@@ -52,9 +46,6 @@ def main() -> None:
                 elapsed = time.perf_counter() - t0
                 print(f"{mode:>8} {elapsed:>9.2f} {knob.cost.build_seconds:>14.2f} {c.verdict.text:<40}")
         print("\ngoal: < 5 s per toggle (build + warm-up + 2 x repeats timed runs + 2 plans + revert)")
-    finally:
-        cluster.destroy()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

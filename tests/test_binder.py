@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from .conftest import REPO
-from .test_nonroot import SYSTEM_PYTHON, _ensure_user
+from .test_nonroot import SYSTEM_PYTHON, _as_user, _ensure_user
 
 IGNORE = shutil.ignore_patterns(".git", ".workbook", "test-artifacts", "__pycache__", "*.egg-info", ".pytest_cache", "report.html")
 
@@ -39,9 +39,8 @@ def test_binder_dry_run_as_a_normal_user_runs_the_first_notebook() -> None:
     env = {"HOME": str(home), "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "LANG": "C.UTF-8", "USER": entry.pw_name,
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
 
-    def as_user(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], env=env, cwd=repo,
-                              capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    def as_user(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return _as_user(entry, args, 900, env=env, cwd=repo)
 
     steps = [
         [SYSTEM_PYTHON, "-m", "venv", str(venv)],

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from workbook.cluster import LocalCluster, Target
-from workbook.dataset import checksum, load_indexes, shape
+from workbook.dataset import checksum, load_indexes
 from workbook.errors import ReadOnlyTarget, WorkbookError
 from workbook.experiment import (
     Arm, Index, QueryFailed, Setting, StatisticsTarget, Variant, WhatIfIndex, compare, index_costs, verdict,

@@ -35,13 +35,18 @@ def _ensure_user() -> pwd.struct_passwd:
         return pwd.getpwnam(USER)
 
 
-def _as_user(entry: pwd.struct_passwd, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {
-        "HOME": entry.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONPATH": str(Path(entry.pw_dir) / "src"),
-    }
+def _as_user(
+    entry: pwd.struct_passwd, args: list[str], timeout: float = 600, *,
+    env: dict[str, str] | None = None, cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run ``args`` as that user with a clean environment (by default: the package copied to ~/src)."""
+    if env is None:
+        env = {
+            "HOME": entry.pw_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONPATH": str(Path(entry.pw_dir) / "src"),
+        }
     return subprocess.run(args, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], env=env,
-                          cwd=entry.pw_dir, capture_output=True, text=True, timeout=timeout, check=False)
+                          cwd=cwd or entry.pw_dir, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.slow
