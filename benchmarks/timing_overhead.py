@@ -6,8 +6,9 @@ The statement is pgbench's own point query (``SELECT abalance FROM pgbench_accou
 
 * **pgbench** ``-M prepared -c 1 -T SECONDS`` with a per-transaction log, whose latencies give the
   median (pgbench's own clock, around libpq);
-* **the workbook harness**: :func:`workbook.experiment.time_interleaved` calling a prepared
-  psycopg ``execute(...).fetchall()`` with random ids, for as many calls as pgbench made.
+* **the workbook harness**: exactly what ``compare()`` times — :func:`~workbook.experiment.runs.shape_runner`
+  (prepared, one reused cursor, cycling parameter sets) inside
+  :func:`~workbook.experiment.time_interleaved` — with random ids, for as many calls as pgbench made.
 
 Rounds alternate which goes first; the verdict is the median over rounds of the ratio of medians.
 Goal: harness / pgbench <= 1.25x.
@@ -25,12 +26,15 @@ import subprocess
 from pathlib import Path
 
 from workbook.cluster import LocalCluster
+from workbook.dataset.shapes import parse_shape
 from workbook.experiment import time_interleaved
+from workbook.experiment.runs import shape_runner
 
 from _scratch import scratch_cluster, scratch_dir
 
 SCRIPT = "\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
-QUERY = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"
+SHAPE = parse_shape("-- shape: point\n-- title: pgbench -S\n-- variant: default\n"
+                    "SELECT abalance FROM pgbench_accounts WHERE aid = %(aid)s\n")
 
 
 def pgbench_round(cluster: LocalCluster, workdir: Path, seconds: int) -> tuple[float, int]:
@@ -56,11 +60,9 @@ def pgbench_round(cluster: LocalCluster, workdir: Path, seconds: int) -> tuple[f
 
 def harness_round(cluster: LocalCluster, calls: int) -> float:
     rng = random.Random(7)
+    params = [{"aid": rng.randint(1, 1_000_000)} for _ in range(10_000)]
     with cluster.target().connect() as conn:
-        def point() -> object:
-            return conn.execute(QUERY, (rng.randint(1, 1_000_000),), prepare=True).fetchall()
-
-        samples = time_interleaved([point], repeats=calls, warmup=200)[0]
+        samples = time_interleaved([shape_runner(conn, SHAPE, "default", params)], repeats=calls, warmup=200)[0]
     return statistics.median(samples)
 
 

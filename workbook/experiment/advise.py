@@ -365,7 +365,8 @@ def _verify(
                 return
 
             def run(c: Any) -> Any:
-                return lambda: c.execute(query, params, prepare=True).fetchall()
+                cur = c.cursor()  # reused, as the timing harness does
+                return lambda: cur.execute(query, params, prepare=True).fetchall()
 
             a, b = time_interleaved([run(base), run(treat)], repeats=repeats, warmup=warmup)
     v = verdict(a, b)

@@ -85,13 +85,14 @@ def _shape_writes(
     conn: psycopg.Connection[Any], shapes: list[QueryShape], tier: str, round_: int
 ) -> Callable[[int], list[float]]:
     params = [s.sample(conn, tier, round_) for s in shapes]
+    cursor = conn.cursor()
 
     def work(reps: int) -> list[float]:
         out = []
         for _ in range(reps):
             t0 = time.perf_counter_ns()
             for s, p in zip(shapes, params):
-                s.run(conn, p, prepare=True)
+                s.run(conn, p, prepare=True, cursor=cursor)
             out.append((time.perf_counter_ns() - t0) / 1e6)
         return out
 
