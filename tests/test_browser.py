@@ -9,6 +9,7 @@ the charts render. The screenshot lands in ``test-artifacts/``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -97,13 +98,21 @@ def test_tick_an_index_in_jupyterlab_and_see_the_plan_change(jupyterlab: str, la
             try:
                 page.goto(f"{jupyterlab}/lab/tree/01_indexes.ipynb")
                 page.wait_for_selector(".jp-Notebook", timeout=60_000)
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                try:  # on a busy machine the kernel may not be up yet: JupyterLab then asks which one to start
-                    page.locator(".jp-Dialog button", has_text="Select").click(timeout=5_000)
-                except PlaywrightTimeout:
-                    pass
+                # the status bar names the kernel once it is connected; clicking before that can be lost
+                page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for(timeout=90_000)
+                started = page.locator(".jp-InputArea-prompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+                for _attempt in range(3):  # Run > Run All Cells, until a cell has really started
+                    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                    try:  # on a busy machine the kernel may not be up yet: JupyterLab then asks which one to start
+                        page.locator(".jp-Dialog button", has_text="Select").click(timeout=3_000)
+                    except PlaywrightTimeout:
+                        pass
+                    try:
+                        started.first.wait_for(timeout=20_000)
+                        break
+                    except PlaywrightTimeout:
+                        continue
                 panel = page.locator(".workbook-experiment-panel")
                 expect(panel).to_be_visible(timeout=180_000)
                 panel.scroll_into_view_if_needed()
