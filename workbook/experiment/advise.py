@@ -35,6 +35,7 @@ from .costs import index_costs
 from .knobs import WhatIfIndex
 from .plan import Plan, PlanNode, explain
 from .timing import time_interleaved, verdict
+from .wire import statement_runner
 
 if TYPE_CHECKING:
     import psycopg
@@ -364,11 +365,8 @@ def _verify(
                 cand.rejected_because = "the planner does not use it for this query"
                 return
 
-            def run(c: Any) -> Any:
-                cur = c.cursor()  # reused, as the timing harness does
-                return lambda: cur.execute(query, params, prepare=True).fetchall()
-
-            a, b = time_interleaved([run(base), run(treat)], repeats=repeats, warmup=warmup)
+            runners = [statement_runner(c, query, params) for c in (base, treat)]  # prepared, timed at libpq
+            a, b = time_interleaved(runners, repeats=repeats, warmup=warmup)
     v = verdict(a, b)
     cand.verified = True
     cand.speedup, cand.ci, cand.verdict, cand.verdict_kind = round(v.ratio, 3), (round(v.ci_low, 3), round(v.ci_high, 3)), v.text, v.kind

@@ -24,6 +24,7 @@ from ..dataset.indexes import IndexSpec
 from ..dataset.shapes import QueryShape, load_shapes
 from .knobs import IndexCost, _index_size
 from .timing import bootstrap_ratio
+from .wire import wire_runner
 
 if TYPE_CHECKING:
     import psycopg
@@ -84,15 +85,15 @@ def index_costs(
 def _shape_writes(
     conn: psycopg.Connection[Any], shapes: list[QueryShape], tier: str, round_: int
 ) -> Callable[[int], list[float]]:
-    params = [s.sample(conn, tier, round_) for s in shapes]
-    cursor = conn.cursor()
+    # prepared and timed at libpq (workbook.experiment.wire); the caller's transaction rolls them all back
+    runners = [wire_runner(conn, s, s.default_variant, [s.sample(conn, tier, round_)], rollback_writes=False) for s in shapes]
 
     def work(reps: int) -> list[float]:
         out = []
         for _ in range(reps):
             t0 = time.perf_counter_ns()
-            for s, p in zip(shapes, params):
-                s.run(conn, p, prepare=True, cursor=cursor)
+            for run in runners:
+                run()
             out.append((time.perf_counter_ns() - t0) / 1e6)
         return out
 

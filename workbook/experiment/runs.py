@@ -29,6 +29,7 @@ from .findings import Finding, findings
 from .knobs import Knob, Variant, WhatIfIndex
 from .plan import Plan, QueryFailed, _server_message, explain
 from .timing import Verdict, median, p95, time_interleaved, verdict
+from .wire import wire_runner
 
 if TYPE_CHECKING:
     import psycopg
@@ -211,11 +212,28 @@ def _as_shape(qs: QueryShape | str) -> QueryShape:
     return load_shape(qs) if isinstance(qs, str) else qs
 
 
+CLIENTS = ("libpq", "psycopg")
+
+
 def shape_runner(
-    conn: psycopg.Connection[Any], qs: QueryShape, variant: str, params: list[dict[str, Any]]
+    conn: psycopg.Connection[Any],
+    qs: QueryShape,
+    variant: str,
+    params: list[dict[str, Any]],
+    client: str = "libpq",
 ) -> Callable[[], object]:
-    """What one timed execution is: the variant, prepared, on one reused cursor, cycling ``params``
-    (a write inside a transaction that is rolled back)."""
+    """What one timed execution is: the variant, prepared, cycling ``params`` (a write inside a
+    transaction that is rolled back).
+
+    ``client="libpq"`` (the default) times the statement as pgbench does: parameters dumped
+    beforehand, ``PQexecPrepared``, the whole result received, no Python rows (see
+    :mod:`workbook.experiment.wire`). ``client="psycopg"`` times the full driver path on one
+    reused cursor, rows built as Python tuples: what a Python application also pays, ~15-20 µs a call.
+    """
+    if client == "libpq":
+        return wire_runner(conn, qs, variant, params)
+    if client != "psycopg":
+        raise WorkbookError(f"client must be one of {CLIENTS}, got {client!r}")
     counter = [0]
     write = qs.kind == "write"
     cursor = conn.cursor()  # one per arm: a new cursor per call would add ~10 us of Python to every sample
@@ -241,6 +259,7 @@ def measure(
     warmup: int = 3,
     param_sets: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    client: str = "libpq",
     store: ResultsStore | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -249,12 +268,15 @@ def measure(
     """Measure each arm; returns the runs and whether they were interleaved.
 
     ``param_sets`` parameter sets are drawn for ``tier`` and cycled identically in every arm.
-    Runs are stored in ``store`` when one is given (as single runs; :func:`compare` stores its
-    own as a comparison).
+    ``client`` is what a timed call includes (:func:`shape_runner`): ``"libpq"`` the database
+    and the wire, ``"psycopg"`` also the Python driver's work. Runs are stored in ``store`` when
+    one is given (as single runs; :func:`compare` stores its own as a comparison).
     """
     qs = _as_shape(qs)
     if repeats < 2:
         raise WorkbookError(f"repeats must be at least 2 (a median and an interval need samples), got {repeats!r}")
+    if client not in CLIENTS:
+        raise WorkbookError(f"client must be one of {CLIENTS}, got {client!r}")
     variants = [arm.resolved_variant(qs) for arm in arms]
     all_knobs = [k for arm in arms for k in arm.knobs]
     if qs.kind == "write":
@@ -282,7 +304,8 @@ def measure(
         with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
             params = [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
             ctx = context(aux, target, store)
-        runners = [shape_runner(c, qs, v, params) for c, v in zip(conns, variants)]
+            ctx["client"] = client
+        runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
         samples: list[list[float]] = [[] for _ in arms]
         plans: list[Plan | None] = [None] * len(arms)
         if sequential:

@@ -17,6 +17,7 @@ measurable difference".
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -129,21 +130,30 @@ def time_interleaved(
 
     In each turn every runner runs once, in a freshly shuffled order. ``should_stop`` is polled
     between turns (a Cancel button) from the third turn on; the samples gathered so far are
-    returned (at least two per runner, the least a median and an interval need).
+    returned (at least two per runner, the least a median and an interval need). Python's cyclic
+    garbage collector is paused while timing, as :mod:`timeit` does, so a collection triggered by
+    one arm's allocations does not land in the other arm's sample.
     """
     for run in runners:
         for _ in range(warmup):
             run()
     rng = np.random.default_rng(seed)
+    orders = [[int(i) for i in rng.permutation(len(runners))] for _ in range(repeats)]
     samples: list[list[float]] = [[] for _ in runners]
     clock = time.perf_counter_ns
-    for turn in range(repeats):
-        if turn >= 2 and should_stop is not None and should_stop():
-            break
-        for i in rng.permutation(len(runners)):
-            t0 = clock()
-            runners[i]()
-            samples[i].append((clock() - t0) / 1e6)
-        if progress is not None:
-            progress(turn + 1, repeats)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for turn, order in enumerate(orders):
+            if turn >= 2 and should_stop is not None and should_stop():
+                break
+            for i in order:
+                t0 = clock()
+                runners[i]()
+                samples[i].append((clock() - t0) / 1e6)
+            if progress is not None:
+                progress(turn + 1, repeats)
+    finally:
+        if collecting:
+            gc.enable()
     return samples
