@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -123,6 +124,13 @@ def catalog_snapshot(conn: object) -> dict[str, list[tuple[object, ...]]]:
                      " ORDER BY 1, 2",
     }  # fmt: skip
     return {k: conn.execute(v).fetchall() for k, v in q.items()}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def conn(lab: LocalCluster) -> Iterator[Any]:
+    """A connection to the shared lab cluster (test_dataset_load overrides it with its own cluster's)."""
+    with lab.target().connect() as c:
+        yield c
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ from workbook.results import ResultsStore
 from .conftest import catalog_snapshot
 
 CATALOG = load_indexes()
-
-
-@pytest.fixture
-def conn(lab: LocalCluster) -> Iterator[Any]:
-    with lab.target().connect() as c:
-        yield c
 
 
 # ------------------------------------------------------------------ the statistics, on known samples

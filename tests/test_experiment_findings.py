@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,12 +12,6 @@ import pytest
 from workbook.cluster import LocalCluster
 from workbook.dataset import load_indexes, shape
 from workbook.experiment import Setting, Statistics, WhatIfIndex, explain, findings
-
-
-@pytest.fixture
-def conn(lab: LocalCluster) -> Iterator[Any]:
-    with lab.target().connect() as c:
-        yield c
 
 
 def rules(conn: Any, query: str, params: Any = None) -> list[str]:

@@ -16,12 +16,6 @@ from workbook.experiment import QueryFailed, explain, findings
 PG15 = Path("/usr/lib/postgresql/15/bin")
 
 
-@pytest.fixture
-def conn(lab: LocalCluster) -> Iterator[Any]:
-    with lab.target().connect() as c:
-        yield c
-
-
 def count(conn: Any, table: str) -> int:
     return int(conn.execute(f"SELECT count(*) FROM ai_app.{table}").fetchone()[0])
 

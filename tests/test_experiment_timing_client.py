@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,12 +15,6 @@ from workbook.experiment.runs import shape_runner
 from workbook.experiment.wire import statement_runner, to_positional
 
 SHAPES = load_shapes()
-
-
-@pytest.fixture
-def conn(lab: LocalCluster) -> Iterator[Any]:
-    with lab.target().connect() as c:
-        yield c
 
 
 def test_placeholders_become_positional_as_psycopg_reads_them() -> None:

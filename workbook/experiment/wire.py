@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors
@@ -109,6 +110,13 @@ class _Step:
         wire = [None if v is None else bytes(v) for v in tx.dump_sequence(values, self.formats)]
         return tuple(tx.types), wire, [int(f) for f in tx.formats]
 
+    def dump_named(self, params: dict[str, Any]) -> dict[str, tuple[bytes | None, int, int]]:
+        """name -> (wire value, format, type) for this step's placeholders that ``params`` fills."""
+        names = [(n, f) for n, f in zip(self.names, self.formats) if n in params]
+        tx = Transformer(self.conn)
+        wire = tx.dump_sequence([params[n] for n, _ in names], [f for _, f in names])
+        return {n: (None if v is None else bytes(v), int(f), t) for (n, _), v, f, t in zip(names, wire, tx.formats, tx.types)}
+
     def statement(self, types: tuple[int, ...]) -> bytes:
         name = self.prepared.get(types)
         if name is None:
@@ -117,7 +125,7 @@ class _Step:
             self.prepared[types] = name
         return name
 
-    def execute(self, types: tuple[int, ...], wire: Sequence[Any], formats: Sequence[Format]) -> Any:
+    def execute(self, types: tuple[int, ...], wire: Sequence[Any], formats: Sequence[int]) -> Any:
         return check(self.conn, self.pgconn.exec_prepared(self.statement(types), wire, formats))
 
 
@@ -133,7 +141,6 @@ def statement_runner(conn: psycopg.Connection[Any], sql: str, params: Any = None
     sequence) through libpq, prepared; returns the row count."""
     step = _Step(conn, sql, raw=params is None)
     bound = step.dump(step.bind(params) if params is not None else [])
-
     return _reprepared(lambda: _rowcount(step.execute(*bound)), [step])
 
 
@@ -156,47 +163,39 @@ def wire_runner(
     steps = [_Step(conn, sql) for sql in qs.variant(variant).statements]
     first = steps[0]
     bound = [first.dump(first.bind(p)) for p in params]
-    dumped: dict[tuple[int, str], tuple[Any, Format, int]] = {}  # (param set, name) -> wire value, format, type
+    fixed = [[step.dump_named(p) for p in params] for step in steps[1:]]  # the shape's own values, per param set
     counter = itertools.count()
     write = qs.kind == "write" and rollback_writes
 
-    def shape_param(k: int, name: str, fmt: PyFormat) -> tuple[Any, Format, int]:
-        if (k, name) not in dumped:
-            if name not in params[k]:
-                raise WorkbookError(
-                    f"no value for parameter {name!r} of a per-row step: neither a shape parameter nor a column of the previous step"
-                )
-            tx = Transformer(conn)
-            (value,) = tx.dump_sequence([params[k][name]], [fmt])
-            dumped[k, name] = (value, tx.formats[0], tx.types[0])
-        return dumped[k, name]
-
-    def each_row(step: _Step, k: int, results: list[Any]) -> list[Any]:
-        """The step once per row of the previous step's results, fed the values as they came off the wire."""
+    def each_row(i: int, k: int, results: list[Any]) -> list[Any]:
+        """Step ``i`` once per row of the previous step's results, fed the values as they came off the wire."""
+        step, shape_values = steps[i], fixed[i - 1][k]
         out = []
         for res in results:
             cols = {res.fname(c).decode(): c for c in range(res.nfields)}
             for r in range(res.ntuples):
                 wire, fmts, oids = [], [], []
-                for name, fmt in zip(step.names, step.formats):
+                for name in step.names:
                     if name in cols:  # a column of the row wins over a shape parameter, as in QueryShape.run
                         c = cols[name]
-                        wire.append(res.get_value(r, c))
-                        fmts.append(Format.TEXT)
-                        oids.append(res.ftype(c))
+                        value, fmt, oid = res.get_value(r, c), int(Format.TEXT), res.ftype(c)
+                    elif name in shape_values:
+                        value, fmt, oid = shape_values[name]
                     else:
-                        value, f, oid = shape_param(k, name, fmt)
-                        wire.append(value)
-                        fmts.append(f)
-                        oids.append(oid)
+                        raise WorkbookError(
+                            f"no value for parameter {name!r} of a per-row step: neither a shape parameter nor a column of the previous step"
+                        )
+                    wire.append(value)
+                    fmts.append(fmt)
+                    oids.append(oid)
                 out.append(step.execute(tuple(oids), wire, fmts))
         return out
 
     def body() -> int:
         k = next(counter) % len(bound)
         results = [first.execute(*bound[k])]
-        for step in steps[1:]:
-            results = each_row(step, k, results)
+        for i in range(1, len(steps)):
+            results = each_row(i, k, results)
         return sum(_rowcount(res) for res in results)
 
     if len(steps) == 1 and not write:  # the common case, kept to the fewest Python operations
@@ -211,20 +210,27 @@ def wire_runner(
 
         return _reprepared(point, steps)
 
-    pgconn = conn.pgconn
-
     def once() -> int:
         if not write:
             return body()
-        nested = pgconn.transaction_status == TransactionStatus.INTRANS
-        begin, rollback = (b"SAVEPOINT _wb_write", b"ROLLBACK TO SAVEPOINT _wb_write") if nested else (b"BEGIN", b"ROLLBACK")
-        check(conn, pgconn.exec_(begin))
-        try:
+        with rolled_back(conn):
             return body()
-        finally:
-            check(conn, pgconn.exec_(rollback))
 
     return _reprepared(once, steps)
+
+
+@contextmanager
+def rolled_back(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction (a savepoint inside one) that is always rolled back, sent as plain commands:
+    through psycopg, a ROLLBACK also makes it deallocate every statement it prepared."""
+    pgconn = conn.pgconn
+    nested = pgconn.transaction_status == TransactionStatus.INTRANS
+    begin, rollback = (b"SAVEPOINT _wb_write", b"ROLLBACK TO SAVEPOINT _wb_write") if nested else (b"BEGIN", b"ROLLBACK")
+    check(conn, pgconn.exec_(begin))
+    try:
+        yield
+    finally:
+        check(conn, pgconn.exec_(rollback))
 
 
 def _reprepared(call: Callable[[], int], steps: Sequence[_Step]) -> Callable[[], int]:
