@@ -98,3 +98,37 @@ def test_the_client_is_a_choice_recorded_with_the_run(lab: LocalCluster) -> None
     assert c.treatment.context["client"] == "libpq"
     with pytest.raises(WorkbookError, match="client must be one of"):
         compare(lab.target(), "api_key_lookup", Setting("work_mem", "8MB"), repeats=5, client="jdbc")
+
+
+@pytest.mark.parametrize("client", ["libpq", "psycopg"])
+def test_timed_writes_roll_back_without_dropping_the_prepared_statements(lab: LocalCluster, conn: Any, client: str) -> None:
+    # through psycopg, a ROLLBACK makes it DEALLOCATE ALL: every timed write would be re-prepared too
+    qs = SHAPES["insert_message"]
+    params = [qs.sample(conn, "hot", 0)]
+    before = conn.execute("SELECT count(*), max(id) FROM ai_app.messages").fetchone()
+    with lab.target().connect() as c:
+        run = shape_runner(c, qs, qs.default_variant, params, client)
+        for _ in range(4):
+            run()
+        prepared = c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    assert prepared >= 1, "the write's prepared statement survived the rollbacks"
+    assert conn.execute("SELECT count(*), max(id) FROM ai_app.messages").fetchone() == before
+
+
+def test_sessions_lost_mid_measurement_give_one_clear_error_and_leave_the_catalog(
+    lab: LocalCluster, catalog_unchanged: None
+) -> None:
+    from workbook.dataset import load_indexes
+    from workbook.experiment import WhatIfIndex
+
+    def kill_the_arms(turn: int, repeats: int) -> None:
+        if turn == 3:
+            with lab.target().connect() as killer:
+                killer.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+
+    spec = load_indexes()["messages_conversation_created"]
+    with pytest.raises(WorkbookError, match="lost the connection to the server while measuring conversation_latest_messages"):
+        compare(lab.target(), "conversation_latest_messages", WhatIfIndex(spec), repeats=10, progress=kill_the_arms)

@@ -23,17 +23,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from ..dataset.shapes import QueryShape, shape as load_shape
 from ..errors import WorkbookError
 from .findings import Finding, findings
-from .knobs import Knob, Variant, WhatIfIndex
+from .knobs import Index, Knob, Variant, WhatIfIndex
 from .plan import Plan, QueryFailed, _server_message, explain
 from .timing import Verdict, median, p95, time_interleaved, verdict
-from .wire import wire_runner
+from .wire import rolled_back, wire_runner
 
 if TYPE_CHECKING:
-    import psycopg
-
     from ..cluster.target import Target
     from ..results.store import ResultsStore
 
@@ -241,8 +241,8 @@ def shape_runner(
     def run() -> object:
         p = params[counter[0] % len(params)]
         counter[0] += 1
-        if write:
-            with conn.transaction(force_rollback=True):
+        if write:  # rolled back on the wire: through psycopg a ROLLBACK would also drop its prepared statements
+            with rolled_back(conn):
                 return qs.run(conn, p, variant, prepare=True, cursor=cursor)
         return qs.run(conn, p, variant, prepare=True, cursor=cursor)
 
@@ -295,43 +295,51 @@ def measure(
             "the first's transaction to end: give each arm's copy its own name (dataclasses.replace(spec, name=...))"
         )
     sequential = any(k.scope == "database" for k in all_knobs)
-    with ExitStack() as stack:
-        conns = []
-        for _ in arms:
-            conn = stack.enter_context(target.connect())
-            conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
-            conns.append(conn)
-        with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
-            params = [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
-            ctx = context(aux, target, store)
-            ctx["client"] = client
-        runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
-        samples: list[list[float]] = [[] for _ in arms]
-        plans: list[Plan | None] = [None] * len(arms)
-        if sequential:
-            for i, arm in enumerate(arms):
-                with ExitStack() as knobs:
-                    for k in arm.knobs:
-                        knobs.enter_context(k.applied(conns[i]))
-                    _check(runners[i], qs, variants[i], timeout_s)
-                    samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
-                                                  progress=progress, should_stop=should_stop)[0]  # fmt: skip
-                    plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
-        else:
-            with ExitStack() as knobs:
-                whatif = any(k.scope == "transaction" for k in all_knobs)
+    try:
+        with ExitStack() as stack:
+            conns = []
+            for _ in arms:
+                conn = stack.enter_context(target.connect())
+                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+                conns.append(conn)
+            with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
+                params = [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
+                ctx = context(aux, target, store)
+                ctx["client"] = client
+            runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
+            samples: list[list[float]] = [[] for _ in arms]
+            plans: list[Plan | None] = [None] * len(arms)
+            if sequential:
                 for i, arm in enumerate(arms):
-                    if whatif and not any(k.scope == "transaction" for k in arm.knobs):
-                        # the same conditions on both sides: every arm runs inside a rolled-back transaction
-                        knobs.enter_context(conns[i].transaction(force_rollback=True))
-                    for k in arm.knobs:
-                        knobs.enter_context(k.applied(conns[i]))
-                for i in range(len(arms)):
-                    _check(runners[i], qs, variants[i], timeout_s)
-                samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,
-                                           progress=progress, should_stop=should_stop)  # fmt: skip
-                for i in range(len(arms)):
-                    plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
+                    with ExitStack() as knobs:
+                        for k in arm.knobs:
+                            knobs.enter_context(k.applied(conns[i]))
+                        _check(runners[i], qs, variants[i], timeout_s)
+                        samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
+                                                      progress=progress, should_stop=should_stop)[0]  # fmt: skip
+                        plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
+            else:
+                with ExitStack() as knobs:
+                    whatif = any(k.scope == "transaction" for k in all_knobs)
+                    for i, arm in enumerate(arms):
+                        if whatif and not any(k.scope == "transaction" for k in arm.knobs):
+                            # the same conditions on both sides: every arm runs inside a rolled-back transaction
+                            knobs.enter_context(conns[i].transaction(force_rollback=True))
+                        for k in arm.knobs:
+                            knobs.enter_context(k.applied(conns[i]))
+                    for i in range(len(arms)):
+                        _check(runners[i], qs, variants[i], timeout_s)
+                    samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,
+                                               progress=progress, should_stop=should_stop)  # fmt: skip
+                    for i in range(len(arms)):
+                        plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
+    except psycopg.OperationalError as exc:  # the server went away (or a session was terminated) mid-measurement
+        real = sorted({k.spec.name for k in all_knobs if isinstance(k, Index)})
+        left = f"; check the real index knobs {real} by hand: they could not be reverted" if real else ""
+        raise WorkbookError(
+            f"lost the connection to the server while measuring {qs.name} ({' '.join(str(exc).split())}); "
+            f"its session settings and what-if indexes ended with their sessions{left}"
+        ) from exc
     runs = [
         Run(
             run_id=uuid.uuid4().hex, label=arm.label, shape=qs.name, variant=variants[i], tier=tier,
@@ -347,8 +355,6 @@ def measure(
 
 def _check(run: Callable[[], object], qs: QueryShape, variant: str, timeout_s: float) -> None:
     """Run once untimed; a failing statement becomes a QueryFailed naming the shape and variant."""
-    import psycopg
-
     try:
         run()
     except psycopg.errors.QueryCanceled as exc:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import errors
 from psycopg.adapt import PyFormat, Transformer
-from psycopg.pq import ExecStatus, Format, TransactionStatus
+from psycopg.pq import ConnStatus, ExecStatus, Format, TransactionStatus
 
 from ..errors import WorkbookError
 
@@ -130,8 +130,11 @@ class _Step:
 
 
 def check(conn: psycopg.Connection[Any], result: Any) -> Any:
-    """The result, or psycopg's exception for it (with the server's diagnostics)."""
+    """The result, or psycopg's exception for it (with the server's diagnostics); a lost
+    connection is an ``OperationalError``, as psycopg raises it."""
     if result.status not in _OK:
+        if conn.pgconn.status == ConnStatus.BAD:
+            raise errors.OperationalError(f"the connection to the server was lost: {conn.pgconn.get_error_message()}")
         raise errors.error_from_result(result, encoding=conn.info.encoding)
     return result
 
