@@ -48,6 +48,19 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert "<script" not in text and not re.search(r"(src|href)=['\"]https?://", text), "nothing to fetch"
 
 
+_CLIPPED_TEXT = """() => {
+  const out = [];
+  for (const s of document.querySelectorAll('svg.marks')) {
+    const box = s.getBoundingClientRect();
+    for (const t of s.querySelectorAll('text')) {
+      const r = t.getBoundingClientRect();
+      if (r.width > 0 && (r.left < box.left - 0.5 || r.right > box.right + 0.5)) out.push(t.textContent);
+    }
+  }
+  return out;
+}"""
+
+
 def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tuple[Path, str]) -> None:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
@@ -78,6 +91,8 @@ def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tupl
                 box = svgs.first.bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 30, "charts are laid out, not empty"
             assert page.locator("svg [role='graphics-symbol']").count() > 50, "the charts have marks"
+            clipped = page.evaluate(_CLIPPED_TEXT)
+            assert clipped == [], "chart text drawn by the browser must fit inside its SVG (an inline SVG clips)"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
             ctx.close()

@@ -24,10 +24,16 @@ BASELINE_COLOUR = "#8c8c8c"
 TREATMENT_COLOUR = "#1f77b4"
 
 
+# vl-convert lays text out with its own font metrics; a browser draws the same "sans-serif" text
+# with its own font, measured here up to ~10 % (~30-50 px) wider (DejaVu Sans in Debian's Chromium), and an
+# inline SVG clips what crosses its edge. The padding leaves room for that difference.
+SVG_PADDING = {"left": 40, "right": 60, "top": 5, "bottom": 5}
+
+
 def svg(chart: Any) -> str:
     """An Altair chart as SVG text (rendered by vl-convert, in this process: no JavaScript, no network)."""
     buf = io.StringIO()
-    chart.save(buf, format="svg")
+    chart.properties(padding=SVG_PADDING).save(buf, format="svg")
     return buf.getvalue()
 
 
@@ -61,7 +67,7 @@ def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     )
     whiskers = base.mark_rule(strokeWidth=2, color="black").encode(x="ci_low:Q", x2="ci_high:Q")
     return (bars + whiskers).properties(
-        width=width, title={"text": f"{c.shape}: {c.verdict.text}",
+        width=width, title={"text": [f"{c.shape}:", c.verdict.text],  # two lines: a verdict with its interval is long
                             "subtitle": "interleaved repetitions" if c.interleaved else "sequential repetitions"}  # fmt: skip
     )
 
@@ -75,10 +81,11 @@ def latency_distribution(c: Comparison, *, width: int = 420) -> alt.LayerChart:
         [{"arm": name, "ms": ms} for name, run, _ in _arm_rows(c) for ms in run.samples_ms]
     )
     scale = alt.Scale(type="log")
+    order = [name for name, _, _ in _arm_rows(c)]  # baseline above treatment, as in before_after (the box plot's aggregate reorders otherwise)
     box = alt.Chart(df).mark_boxplot(extent=1.5, opacity=0.5).encode(
-        y=alt.Y("arm:N", title=None, sort=None), x=alt.X("ms:Q", scale=scale, title="latency per execution (ms, log)")
+        y=alt.Y("arm:N", title=None, sort=order), x=alt.X("ms:Q", scale=scale, title="latency per execution (ms, log)")
     )
-    dots = alt.Chart(df).mark_tick(opacity=0.6).encode(y=alt.Y("arm:N", sort=None), x=alt.X("ms:Q", scale=scale))
+    dots = alt.Chart(df).mark_tick(opacity=0.6).encode(y=alt.Y("arm:N", sort=order), x=alt.X("ms:Q", scale=scale))
     return (box + dots).properties(width=width, title=f"{c.shape}: latency distribution ({len(c.baseline.samples_ms)} runs each)")
 
 
