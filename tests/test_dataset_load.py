@@ -32,7 +32,7 @@ from workbook.dataset.generator import (
     Generator,
     expected_top_share,
 )
-from workbook.dataset.loader import STAGING
+from workbook.dataset.loader import STAGING, stale_staging
 from workbook.errors import ReadOnlyTarget, WorkbookError
 
 SCALE, SEED = 0.01, 42
@@ -270,34 +270,92 @@ from workbook.dataset import load
 load(LocalCluster(sys.argv[1]).target(), float(sys.argv[2]), 5, progress=False)
 """
 
+_STAGED_TABLES = "SELECT count(*) FROM pg_tables WHERE schemaname = %s"
 
-def test_a_load_killed_mid_copy_leaves_the_previous_dataset_whole(cluster: LocalCluster, conn: Any) -> None:
+
+def _wait_for_copy(conn: Any, proc: subprocess.Popen[Any], table: str, *, staged: int = 0) -> int:
+    """The pid of the backend copying ``table`` once rows flow (and ``staged`` tables are committed)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        row = conn.execute(
+            # tables being copied are invisible to other sessions until commit: match the statement
+            "SELECT p.pid FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.query LIKE %s AND p.tuples_processed > 0",
+            (f'COPY "{table}"%',),
+        ).fetchone()
+        if row and scalar(conn, _STAGED_TABLES, (STAGING,)) >= staged:
+            return int(row[0])
+        time.sleep(0.02)
+    raise AssertionError(f"the load never reached the {table} COPY with {staged} tables committed (rc {proc.poll()})")
+
+
+def _no_load_sessions_left(conn: Any) -> None:
+    deadline = time.monotonic() + 30
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'workbook load'"
+    while scalar(conn, query) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scalar(conn, query) == 0
+
+
+def test_a_load_killed_mid_copy_leaves_the_previous_dataset_whole_and_the_next_load_clears_its_leftovers(
+    cluster: LocalCluster, conn: Any
+) -> None:
     before = checksum(conn)
     proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_LOAD, str(cluster.home), "0.4"], cwd=REPO)
     try:
-        deadline = time.monotonic() + 60
-        copying = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            copying = conn.execute(
-                # the staging tables are invisible to other sessions until commit: match the statement
-                "SELECT p.pid, p.tuples_processed FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
-                "WHERE a.query LIKE 'COPY \"messages\"%%' AND p.tuples_processed > 0",
-            ).fetchone()
-            if copying:
-                break
-            time.sleep(0.02)
-        assert copying, "the load never reached the messages COPY"
+        # mid-COPY of messages, with other tables of the new dataset already committed in staging
+        _wait_for_copy(conn, proc, "messages", staged=2)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    backend = copying[0]
-    deadline = time.monotonic() + 30
-    while scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == 0
+    _no_load_sessions_left(conn)
+    assert dataset_info(conn).seed == SEED  # type: ignore[union-attr]
+    assert checksum(conn) == before
+    # what kill -9 could not clean up: committed staging tables, never a dataset (no dataset_info)
+    assert scalar(conn, _STAGED_TABLES, (STAGING,)) >= 2
+    assert scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = 'dataset_info'", (STAGING,)) == 0
+    assert (stale_staging(conn) or 0) > 0
+    r = run_cli("--home", str(cluster.home), "dataset")
+    assert r.returncode == 0 and "a killed load left" in r.stdout and STAGING in r.stdout
+    load(cluster.target(), SCALE, SEED, progress=False)
+    assert scalar(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (STAGING,)) == 0
+    assert stale_staging(conn) is None
+    assert checksum(conn) == before
+
+
+@pytest.mark.parametrize("table", ["messages", "usage_events"])
+def test_a_load_losing_a_session_mid_copy_fails_cleanly_and_leaves_nothing(cluster: LocalCluster, conn: Any, table: str) -> None:
+    """messages is copied on the control session (it holds the lock), usage_events on the other."""
+    before = checksum(conn)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbook", "--home", str(cluster.home), "load", "--scale", "0.4", "--seed", "5", "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        backend = _wait_for_copy(conn, proc, table)
+        assert scalar(conn, "SELECT pg_terminate_backend(%s)", (backend,))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 2, (out, err)
+    assert err.startswith("error: loading the dataset failed and changed nothing") and "Traceback" not in err
+    _no_load_sessions_left(conn)
     assert scalar(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (STAGING,)) == 0
     assert dataset_info(conn).seed == SEED  # type: ignore[union-attr]
     assert checksum(conn) == before
+
+
+def test_two_loads_at_once_queue_and_the_last_one_wins_whole(cluster: LocalCluster, conn: Any) -> None:
+    cmd = [sys.executable, "-m", "workbook", "--home", str(cluster.home), "load", "--scale", "0.02", "--quiet", "--seed"]
+    procs = [subprocess.Popen([*cmd, seed], cwd=REPO, stderr=subprocess.PIPE, text=True) for seed in ("5", "6")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+    info = dataset_info(conn)
+    assert info is not None and info.seed in (5, 6) and info.scale == 0.02
+    assert scalar(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (STAGING,)) == 0
+    assert scalar(conn, "SELECT count(*) FROM ai_app.messages") == Generator(info.seed, 0.02).n_messages
+    load(cluster.target(), SCALE, SEED, progress=False)
 
 
 def test_server_without_pgvector_gets_a_clear_error_and_no_schema(cluster_factory: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -284,13 +285,22 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import checksum, dataset_info, to_duckdb
+    from .dataset.loader import STAGING, stale_staging
 
     target = _external_target(args) or _cluster(args).target()
     with target.connect() as conn:
         info = dataset_info(conn)
+        stale = stale_staging(conn)
+        leftover = (
+            f"a killed load left the schema {STAGING} ({stale / 1e6:.1f} MB); the next `workbook load` removes it"
+            if stale is not None
+            else ""
+        )
         if info is None:
-            raise WorkbookError("no dataset is loaded; run `workbook load --scale 0.1` first")
+            raise WorkbookError("no dataset is loaded; run `workbook load --scale 0.1` first" + (f" ({leftover})" if leftover else ""))
         out: dict[str, Any] = info.as_dict()
+        if stale is not None:
+            out["stale_staging_bytes"] = stale
         if args.checksum:
             out["checksum"] = checksum(conn).value
     if args.duckdb:
@@ -306,6 +316,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     for key in ("checksum", "duckdb"):
         if key in out:
             print(f"{key}: {out[key]}")
+    if leftover:
+        print(f"note: {leftover}")
     return 0
 
 
@@ -446,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "psql":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.psql_args = extra
+    # psycopg warns on stderr when it cannot tidy up after an error (e.g. ending a COPY on a lost
+    # connection); the command reports the error itself, in one line
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except WorkbookError as exc:

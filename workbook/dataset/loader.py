@@ -1,33 +1,37 @@
-"""Loading the sample dataset into a Target: atomic, streamed, COPY-bound.
+"""Loading the sample dataset into a Target: atomic for readers, streamed, two COPYs at a time.
 
-The whole load is one transaction:
+A bare COPY keeps one server backend, so one core, busy. The loader keeps two busy, as
+``pg_restore --jobs`` does, and does what a dataset needs after its rows are in (23 validated
+foreign keys, ANALYZE, the derived invoices) while other tables are still being copied
+(:mod:`.plan` has the steps and what each waits for):
 
-1. take an advisory lock (two loaders queue instead of interleaving);
-2. create a fresh staging schema and the tables in it (``schema.sql``, section "tables");
-3. ``COPY ... FREEZE`` every table from the generator, generation running in a thread while the
-   previous batch is sent (Arrow's kernels and libpq's send release the GIL, so on two cores the
-   server's ingest, not Python, sets the pace);
-4. derive ``invoices`` and ``organisations.tokens_this_month`` in SQL; move each identity
-   sequence past the largest id loaded, so the app's inserts get fresh ids;
-5. add the foreign keys (section "constraints": one validating join each);
-6. ``ANALYZE``, write ``dataset_info``;
-7. drop the old ``ai_app`` schema and rename the staging one to ``ai_app``; commit.
+1. on a *control* session: a session advisory lock (two loaders queue instead of interleaving),
+   drop any staging schema a killed load left behind, create a fresh one;
+2. two lanes, each its own session and generator thread (Arrow's kernels and libpq's send release
+   the GIL, so generation keeps up with the server): ``messages`` in one, every other table in
+   foreign-key order in the other. Each table is created and filled with ``COPY ... FREEZE`` in
+   one transaction, so its rows arrive frozen and all-visible: the first queries pay no hint
+   bits and index-only scans work at once;
+3. a lane done with its COPYs takes finishing steps as soon as the tables they read are
+   committed: foreign keys, ANALYZE, identity sequences, the derived invoices;
+4. on the control session, one transaction writes ``dataset_info``, drops the old ``ai_app``
+   schema and renames the staging one to ``ai_app``.
 
-So a reader sees either the old dataset or the new one, never half of one: a load that fails or is
-killed (even with kill -9 mid-COPY) rolls back with its transaction and leaves the previous
-dataset untouched. Tables created in the loading transaction let ``COPY FREEZE`` write rows
-already frozen and all-visible, so the first queries do not pay for hint bits and index-only
-scans work at once.
+Readers see the old dataset or the new one, never part of one: nothing is in ``ai_app`` until that
+last transaction commits. A load that fails (a server error, a lost session, Ctrl-C in Jupyter)
+cancels its sessions and drops its staging schema. One killed outright (kill -9) cannot clean
+up: its committed staging tables stay, never named ``ai_app`` and without ``dataset_info``, until
+the next load drops them first (:func:`stale_staging` reports them).
 """
 
 from __future__ import annotations
 
 import json
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +40,7 @@ from psycopg import sql
 
 from ..errors import WorkbookError
 from .generator import GENERATOR_VERSION, Generator, TableStream
-from .paths import dataset_dir
+from .plan import COPIED, Board, Schema, finishing_steps, lanes, schema_sections
 
 if TYPE_CHECKING:
     from ..cluster.target import Target
@@ -71,16 +75,6 @@ class DatasetInfo:
         return self.bytes / 1e6 / self.load_seconds if self.load_seconds else 0.0
 
 
-def schema_sections() -> dict[str, str]:
-    """The sections of ``schema.sql`` ("tables", "constraints") as SQL text."""
-    text = (dataset_dir() / "schema.sql").read_text()
-    parts = re.split(r"^-- section: (\w+)\s*$", text, flags=re.MULTILINE)
-    sections = {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
-    if set(sections) != {"tables", "constraints"}:
-        raise WorkbookError(f"schema.sql must have the sections 'tables' and 'constraints', found {sorted(sections)!r}")
-    return sections
-
-
 def _vector_schema(conn: psycopg.Connection[Any]) -> str:
     """Install pgvector if needed; return the schema its types live in."""
     row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
@@ -98,13 +92,13 @@ def _vector_schema(conn: psycopg.Connection[Any]) -> str:
 
 
 class _Pipeline:
-    """Generate every table's batches in one thread, running ahead of COPY by up to ``ahead`` bytes.
+    """Generate a lane's tables' batches in one thread, running ahead of COPY by up to ``ahead`` bytes.
 
-    One producer for all tables means the next table is being generated while the server still
-    ingests the previous one; the byte bound keeps memory flat whatever the scale.
+    One producer for the lane's tables means the next table is being generated while the server
+    still ingests the previous one; the byte bound keeps memory flat whatever the scale.
     """
 
-    def __init__(self, streams: list[TableStream], ahead: int = 96 << 20) -> None:
+    def __init__(self, streams: list[TableStream], ahead: int = 64 << 20) -> None:
         self._streams = streams
         self._ahead = ahead
         self._queued = 0
@@ -152,45 +146,144 @@ class _Pipeline:
             yield item
 
 
-def _copy_table(
-    conn: psycopg.Connection[Any], stream: TableStream, batches: Iterator[tuple[bytes, int]], progress: ProgressFn | None
-) -> tuple[int, int]:
-    """COPY one table from its batches; return (rows, bytes)."""
-    options = sql.SQL("FORMAT binary, FREEZE") if stream.format == "binary" else sql.SQL("FORMAT csv, FREEZE")
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-        sql.Identifier(stream.name), sql.SQL(", ").join(map(sql.Identifier, stream.columns)), options
-    )
-    rows = size = 0
-    with conn.cursor().copy(stmt) as copy:
-        for data, n in batches:
-            copy.write(data)
-            rows += n
-            size += len(data)
-            if progress:
-                progress(stream.name, rows, max(rows, stream.expected_rows))
-    return rows, size
+class _Stopped(Exception):
+    """Another session of the load failed: this one stops (its transaction rolls back)."""
 
 
-_DERIVED = """
-INSERT INTO invoices (id, org_id, period_start, period_end, total_tokens, amount_usd, status)
-SELECT row_number() OVER (ORDER BY m.month, m.org_id),
-       m.org_id, m.month::date, (m.month + interval '1 month')::date, m.tokens,
-       round(m.cost * CASE o.plan WHEN 'enterprise' THEN 0.8 WHEN 'team' THEN 0.9 ELSE 1.0 END
-             + CASE o.plan WHEN 'pro' THEN 20 WHEN 'team' THEN 30 * 5 WHEN 'enterprise' THEN 2000 ELSE 0 END, 2),
-       CASE WHEN m.month = max(m.month) OVER () THEN 'open'
-            WHEN (m.org_id * 7 + extract(month FROM m.month)::int) % 19 = 0 THEN 'overdue'
-            ELSE 'paid' END
-FROM (SELECT org_id, date_trunc('month', occurred_at AT TIME ZONE 'UTC') AS month,
-             sum(prompt_tokens + completion_tokens) AS tokens, sum(cost_usd) AS cost
-      FROM usage_events GROUP BY 1, 2) m
-JOIN organisations o ON o.id = m.org_id;
+class _Load:
+    """One load's shared state: the sessions, the finishing board, rows and bytes, progress, timings."""
 
-UPDATE organisations o SET tokens_this_month = u.tokens
-FROM (SELECT org_id, sum(prompt_tokens + completion_tokens) AS tokens FROM usage_events
-      WHERE occurred_at >= date_trunc('month', (SELECT max(occurred_at) FROM usage_events))
-      GROUP BY org_id) u
-WHERE u.org_id = o.id;
-"""
+    def __init__(self, target: Target, gen: Generator) -> None:
+        self.target = target
+        self.gen = gen
+        self.streams = {s.name: s for s in gen.tables()}
+        self.schema = Schema.read()
+        self.rows: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.board = Board(finishing_steps(self.schema, self.streams, self.rows), copying=2)
+        self.updates: queue.SimpleQueue[tuple[str, int, int]] = queue.SimpleQueue()
+        self.sessions: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+        self.locked = False  # the control session (sessions[0]) holds the loader's advisory lock
+        self.t0 = time.perf_counter()
+        self.copied_at = self.t0
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str, at: float | None = None) -> None:
+        end = time.perf_counter() if at is None else at
+        self.phases[name] = round(end - self.t0 - sum(self.phases.values()), 3)
+
+    def session(self, ext: str | None = None) -> psycopg.Connection[Any]:
+        conn = self.target.connect(autocommit=True, application_name="workbook load")
+        self.sessions.append(conn)
+        conn.execute("SET statement_timeout = 0")
+        conn.execute("SET lock_timeout = '30s'")
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("SET TIME ZONE 'UTC'")  # the generator's CSV holds UTC wall times
+        if ext is not None:
+            conn.execute(sql.SQL("SET search_path = {}, {}").format(sql.Identifier(STAGING), sql.Identifier(ext)))
+        return conn
+
+    def lane(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
+        """COPY ``tables`` in order, one transaction each, then take finishing steps."""
+        try:
+            streams = [self.streams[t] for t in tables]
+            with _Pipeline(streams) as pipeline:
+                for stream in streams:
+                    with conn.transaction():
+                        conn.execute(self.schema.tables[stream.name])
+                        self.rows[stream.name], self.sizes[stream.name] = self.copy(conn, stream, pipeline.batches())
+                    self.copied_at = max(self.copied_at, time.perf_counter())
+                    self.board.mark(COPIED.format(stream.name))
+            self.board.work(conn)
+        except BaseException as exc:  # noqa: BLE001 - the main thread raises the first failure
+            self.board.fail(exc)
+
+    def copy(self, conn: psycopg.Connection[Any], stream: TableStream, batches: Iterator[tuple[bytes, int]]) -> tuple[int, int]:
+        """COPY one table from its batches; return (rows, bytes)."""
+        options = sql.SQL("FORMAT binary, FREEZE") if stream.format == "binary" else sql.SQL("FORMAT csv, FREEZE")
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+            sql.Identifier(stream.name), sql.SQL(", ").join(map(sql.Identifier, stream.columns)), options
+        )
+        rows = size = 0
+        with conn.cursor().copy(stmt) as copy:
+            for data, n in batches:
+                if self.board.failed:
+                    raise _Stopped
+                copy.write(data)
+                rows += n
+                size += len(data)
+                self.updates.put((stream.name, rows, max(rows, stream.expected_rows)))
+        return rows, size
+
+    def run_lanes(self, report: ProgressFn | None) -> None:
+        """Both lanes to the end, progress drawn from this (the caller's) thread."""
+        sessions = self.sessions[:2]
+        for conn, tables in zip(sessions, lanes(self.streams), strict=True):
+            self.threads.append(threading.Thread(target=self.lane, args=(conn, tables), name="workbook-load", daemon=True))
+        for thread in self.threads:
+            thread.start()
+        while True:
+            alive = any(t.is_alive() for t in self.threads)
+            try:
+                update = self.updates.get(timeout=0.05)
+            except queue.Empty:
+                if not alive:
+                    break
+                continue
+            if report:
+                report(*update)
+        error = self.board.error
+        if isinstance(error, (psycopg.Error, WorkbookError)):
+            raise WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {error}") from error
+        if error is not None:
+            raise error
+
+    def lock(self) -> None:
+        """Take the loader's advisory lock on the control session: loads queue, never interleave."""
+        try:
+            self.sessions[0].execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise WorkbookError(
+                "another load of the dataset has been running on this database for over 30 s; "
+                "wait for it to finish (or stop it) and load again"
+            ) from None
+        self.locked = True
+
+    def abandon(self, exc: BaseException) -> None:
+        """Stop every session (their transactions roll back), drop the staging schema, close.
+
+        Only a load that holds the lock touches the staging schema: a load that never got it must
+        not drop the one another load is filling.
+        """
+        self.board.fail(exc)
+        for conn, thread in zip(self.sessions, self.threads, strict=False):
+            if thread.is_alive():  # busy in a COPY or a finishing step: interrupt it
+                with suppress(Exception):
+                    conn.cancel_safe(timeout=5)
+        for thread in self.threads:
+            thread.join(timeout=60)
+        dropped = not self.locked
+        for _ in range(2):  # twice: a cancel sent above may land on the first try
+            if dropped or self.sessions[0].closed:
+                break
+            with suppress(psycopg.Error):
+                self.sessions[0].execute(_DROP_STAGING)
+                dropped = True
+        self.close()
+        if not dropped:  # the control session is gone, and its lock with it (once its backend exits)
+            with suppress(Exception), self.target.connect(autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '10s'")
+                conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+                conn.execute(_DROP_STAGING)
+
+    def close(self) -> None:
+        for conn in self.sessions:
+            with suppress(Exception):
+                conn.close()
+
+
+_DROP_STAGING = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STAGING))
 
 _INFO_DDL = """
 CREATE TABLE dataset_info (
@@ -213,88 +306,63 @@ def load(
     """Generate the dataset at ``scale`` with ``seed`` and load it into ``target`` atomically.
 
     ``progress``: True for a progress bar (tqdm; a widget in Jupyter), False for none, or a
-    callable ``(table, rows_done, rows_expected)``. A ``generator`` given replaces ``scale`` and
-    ``seed`` (the CLI builds it first, so bad arguments fail before any server is touched).
-    Replaces any dataset already loaded, in one
-    transaction; on any error the previous dataset stays as it was.
+    callable ``(table, rows_done, rows_expected)``, always called from the caller's thread. A
+    ``generator`` given replaces ``scale`` and ``seed`` (the CLI builds it first, so bad arguments
+    fail before any server is touched). Replaces any dataset already loaded; on any error the
+    previous dataset stays as it was. Uses two sessions of ``target``.
     """
     target.require_writes("load the sample dataset")
-    gen = generator or Generator(seed, scale)
-    streams = gen.tables()
+    job = _Load(target, generator or Generator(seed, scale))
+    gen = job.gen
     bar: Any = None
-    t0 = time.perf_counter()
-    rows: dict[str, int] = {}
-    phases: dict[str, float] = {}
-    total_bytes = 0
-
-    def lap(name: str) -> None:
-        phases[name] = round(time.perf_counter() - t0 - sum(phases.values()), 3)
-
     try:
-        with target.connect(autocommit=False) as conn:
-            conn.execute("SET LOCAL statement_timeout = 0")
-            conn.execute("SET LOCAL lock_timeout = '30s'")
-            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-            conn.execute("SET LOCAL TIME ZONE 'UTC'")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            bar, report = _progress(progress, sum(s.expected_rows for s in streams))  # drawn once connected
-            ext = _vector_schema(conn)
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STAGING)))
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(STAGING)))
-            conn.execute(sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(STAGING), sql.Identifier(ext)))
-            sections = schema_sections()
-            conn.execute(sections["tables"])
-            lap("setup")
-            with _Pipeline(streams) as pipeline:
-                for stream in streams:
-                    n, b = _copy_table(conn, stream, pipeline.batches(), report)
-                    rows[stream.name] = n
-                    total_bytes += b
-            lap("copy")
-            conn.execute(_DERIVED)
-            rows["invoices"] = conn.execute("SELECT count(*) FROM invoices").fetchone()[0]  # type: ignore[index]
-            for table in rows:
-                conn.execute(
-                    sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), (SELECT max(id) FROM {}))").format(
-                        sql.Literal(table), sql.Identifier(table)
-                    )
-                )
-            lap("derive")
-            conn.execute(sections["constraints"])
-            lap("foreign_keys")
-            conn.execute(_INFO_DDL)
-            elapsed = time.perf_counter() - t0
-            info = DatasetInfo(
-                seed=gen.seed,
-                scale=gen.scale,
-                generator_version=GENERATOR_VERSION,
-                rows=rows,
-                bytes=total_bytes,
-                load_seconds=round(elapsed, 3),
-                hot_orgs=gen.hot_orgs(),
-                cold_orgs=gen.cold_orgs(),
-                server_version=conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
-                phases=phases,
-            )
-            conn.execute(
+        control = job.session()
+        job.lock()
+        ext = _vector_schema(control)
+        control.execute(_DROP_STAGING)
+        control.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(STAGING)))
+        control.execute(sql.SQL("SET search_path = {}, {}").format(sql.Identifier(STAGING), sql.Identifier(ext)))
+        job.session(ext)
+        bar, report = _progress(progress, sum(s.expected_rows for s in job.streams.values()))  # drawn once connected
+        job.lap("setup")
+        job.run_lanes(report)
+        job.lap("copy", at=job.copied_at)
+        job.lap("finish")
+        total_bytes = sum(job.sizes.values())
+        info = DatasetInfo(
+            seed=gen.seed,
+            scale=gen.scale,
+            generator_version=GENERATOR_VERSION,
+            rows={t: job.rows[t] for t in [*job.streams, "invoices"]},  # load order, invoices last
+            bytes=total_bytes,
+            load_seconds=round(time.perf_counter() - job.t0, 3),
+            hot_orgs=gen.hot_orgs(),
+            cold_orgs=gen.cold_orgs(),
+            server_version=control.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
+            phases=job.phases,
+        )
+        with control.transaction():
+            control.execute(_INFO_DDL)
+            control.execute(
                 "INSERT INTO dataset_info (seed, scale, generator_version, rows, bytes, load_seconds, hot_orgs, cold_orgs)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (info.seed, info.scale, info.generator_version, json.dumps(rows), total_bytes, info.load_seconds,
+                (info.seed, info.scale, info.generator_version, json.dumps(info.rows), total_bytes, info.load_seconds,
                  info.hot_orgs, info.cold_orgs),
             )  # fmt: skip
-            for table in rows:  # statistics come with the dataset: its first plans are not guesses
-                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-            lap("analyze")
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
-            conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(STAGING), sql.Identifier(SCHEMA)))
-            conn.commit()
-            lap("swap_commit")
-    except psycopg.Error as exc:
-        raise WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {exc}") from exc
+            control.execute("ANALYZE dataset_info")
+            control.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+            control.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(STAGING), sql.Identifier(SCHEMA)))
+        job.lap("swap_commit")
+        job.close()
+    except BaseException as exc:
+        job.abandon(exc)
+        if isinstance(exc, psycopg.Error):
+            raise WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {exc}") from exc
+        raise
     finally:
         if bar is not None:
             bar.close()
-    return DatasetInfo(**{**info.as_dict(), "load_seconds": round(time.perf_counter() - t0, 3)})
+    return DatasetInfo(**{**info.as_dict(), "load_seconds": round(time.perf_counter() - job.t0, 3)})
 
 
 def _progress(progress: bool | ProgressFn, total: int) -> tuple[Any, ProgressFn | None]:
@@ -332,3 +400,17 @@ def dataset_info(conn: psycopg.Connection[Any]) -> DatasetInfo | None:
         return None
     seed, scale, version, rows, size, secs, hot, cold, server = row
     return DatasetInfo(seed, scale, version, rows, size, secs, list(hot), list(cold), server)
+
+
+def stale_staging(conn: psycopg.Connection[Any]) -> int | None:
+    """Bytes a killed load left in its staging schema; None if there is none (or a load is running)."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c WHERE c.relnamespace = n.oid),"
+        " EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        "         AND classid = 0 AND objid = %s AND objsubid = 1)"
+        " FROM pg_namespace n WHERE n.nspname = %s",
+        (_LOCK_KEY, STAGING),
+    ).fetchone()
+    if row is None or row[1]:
+        return None
+    return int(row[0])
