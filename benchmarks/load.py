@@ -30,12 +30,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from psycopg import sql
+from psycopg import Connection, sql
 
 from workbook.cluster import LocalCluster
-from workbook.dataset.generator import Generator
-from workbook.dataset.loader import _vector_schema
+from workbook.dataset.generator import Generator, TableStream
+from workbook.dataset.loader import _vector_schema, copy_statement
 from workbook.dataset.plan import lanes, schema_sections
 
 from _scratch import scratch_cluster
@@ -55,22 +56,24 @@ def workbook_load(home: Path, scale: float) -> dict:
     return json.loads(out.stdout)
 
 
+def _scratch_tables(conn: Connection[Any], schema: str) -> None:
+    """The dataset's tables in a new schema, inside the session's open transaction (rolled back after)."""
+    ext = _vector_schema(conn)
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")  # as the loader does: the CSV holds UTC wall times
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(schema), sql.Identifier(ext)))
+    conn.execute(schema_sections()["tables"])
+
+
 def prebuilt_messages_copy(cluster: LocalCluster, scale: float) -> tuple[float, int]:
     gen = Generator(42, scale)
     stream = next(s for s in gen.tables() if s.name == "messages")
     buffers = [data for data, _ in stream.batches()]
     size = sum(map(len, buffers))
     with cluster.target().connect(autocommit=False) as conn:
-        ext = _vector_schema(conn)
-        conn.execute("SET LOCAL TIME ZONE 'UTC'")  # as the loader does: the CSV holds UTC wall times
-        conn.execute("CREATE SCHEMA bench_prebuilt")
-        conn.execute(sql.SQL("SET LOCAL search_path = bench_prebuilt, {}").format(sql.Identifier(ext)))
-        conn.execute(schema_sections()["tables"])
-        stmt = sql.SQL("COPY messages ({}) FROM STDIN (FORMAT csv, FREEZE)").format(
-            sql.SQL(", ").join(map(sql.Identifier, stream.columns))
-        )
+        _scratch_tables(conn, "bench_prebuilt")
         t0 = time.perf_counter()
-        with conn.cursor().copy(stmt) as copy:
+        with conn.cursor().copy(copy_statement(stream)) as copy:
             for data in buffers:
                 copy.write(data)
         elapsed = time.perf_counter() - t0
@@ -78,25 +81,17 @@ def prebuilt_messages_copy(cluster: LocalCluster, scale: float) -> tuple[float, 
     return elapsed, size
 
 
-def prebuilt_two_session_copy(cluster: LocalCluster, data: dict[str, tuple[object, list[bytes]]]) -> float:
+def prebuilt_two_session_copy(cluster: LocalCluster, data: dict[str, tuple[TableStream, list[bytes]]]) -> float:
     """Seconds for two sessions to COPY every table's pre-built data, split as the loader's lanes."""
     sessions = [cluster.target().connect(autocommit=False) for _ in range(2)]
     try:
         for i, conn in enumerate(sessions):
-            ext = _vector_schema(conn)
-            conn.execute("SET LOCAL TIME ZONE 'UTC'")
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(f"bench_lane{i}")))
-            conn.execute(sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(f"bench_lane{i}"), sql.Identifier(ext)))
-            conn.execute(schema_sections()["tables"])
+            _scratch_tables(conn, f"bench_lane{i}")
 
-        def lane(conn, tables: list[str]) -> None:
+        def lane(conn: Connection[Any], tables: list[str]) -> None:
             for table in tables:
                 stream, buffers = data[table]
-                fmt = sql.SQL("binary" if stream.format == "binary" else "csv")
-                stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
-                    sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, stream.columns)), fmt
-                )
-                with conn.cursor().copy(stmt) as copy:
+                with conn.cursor().copy(copy_statement(stream)) as copy:
                     for buf in buffers:
                         copy.write(buf)
 

@@ -146,6 +146,19 @@ class _Pipeline:
             yield item
 
 
+def copy_statement(stream: TableStream) -> sql.Composed:
+    """``COPY <table> (<columns>) FROM STDIN (FORMAT csv|binary, FREEZE)`` for one generated table."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
+        sql.Identifier(stream.name),
+        sql.SQL(", ").join(map(sql.Identifier, stream.columns)),
+        sql.SQL("binary" if stream.format == "binary" else "csv"),
+    )
+
+
+def _failed(exc: BaseException) -> WorkbookError:
+    return WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {exc}")
+
+
 class _Stopped(Exception):
     """Another session of the load failed: this one stops (its transaction rolls back)."""
 
@@ -201,12 +214,8 @@ class _Load:
 
     def copy(self, conn: psycopg.Connection[Any], stream: TableStream, batches: Iterator[tuple[bytes, int]]) -> tuple[int, int]:
         """COPY one table from its batches; return (rows, bytes)."""
-        options = sql.SQL("FORMAT binary, FREEZE") if stream.format == "binary" else sql.SQL("FORMAT csv, FREEZE")
-        stmt = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-            sql.Identifier(stream.name), sql.SQL(", ").join(map(sql.Identifier, stream.columns)), options
-        )
         rows = size = 0
-        with conn.cursor().copy(stmt) as copy:
+        with conn.cursor().copy(copy_statement(stream)) as copy:
             for data, n in batches:
                 if self.board.failed:
                     raise _Stopped
@@ -235,7 +244,7 @@ class _Load:
                 report(*update)
         error = self.board.error
         if isinstance(error, (psycopg.Error, WorkbookError)):
-            raise WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {error}") from error
+            raise _failed(error) from error
         if error is not None:
             raise error
 
@@ -357,7 +366,7 @@ def load(
     except BaseException as exc:
         job.abandon(exc)
         if isinstance(exc, psycopg.Error):
-            raise WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {exc}") from exc
+            raise _failed(exc) from exc
         raise
     finally:
         if bar is not None:
