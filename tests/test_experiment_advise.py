@@ -95,4 +95,5 @@ def test_cli_advise_prints_the_documented_json(tickets: LocalCluster) -> None:
     password = tickets._password()
     assert password not in r.stdout and password not in r.stderr
     bad = run_cli("--dsn", dsn, "advise", "--sql", "SELEC 1", "--json")
-    assert bad.returncode == 2 and "syntax error" in bad.stderr and password not in bad.stderr
+    assert bad.returncode == 2 and "'SELEC', which is not a query" in bad.stderr and "did you mean SELECT?" in bad.stderr
+    assert password not in bad.stderr and bad.stderr.count("\n") == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from psycopg import sql
 
 from ..errors import WorkbookError
+from ..statement import check_fragment
 from .loader import SCHEMA
 from .paths import dataset_dir
 
@@ -33,6 +34,26 @@ class IndexSpec:
     serves: tuple[str, ...] = ()
     lesson: str = ""
     schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        """Names are composed as identifiers; the SQL fragments (keys, WHERE) must each be one
+        expression, since they are spliced into the CREATE INDEX statement."""
+        for label, value in (("name", self.name), ("table", self.table), ("schema", self.schema)):
+            if not isinstance(value, str) or not value or "\x00" in value:
+                raise WorkbookError(f"index {label} must be a non-empty str, got {value!r}")
+        if len(self.name.encode()) > 63:
+            raise WorkbookError(f"index name {self.name!r} is longer than PostgreSQL's 63 bytes; shorten it")
+        if self.method not in METHODS:
+            raise WorkbookError(f"index {self.name!r}: unknown method {self.method!r}; use one of {METHODS}")
+        if isinstance(self.keys, str) or not self.keys:
+            raise WorkbookError(f"index {self.name!r}: keys must be a non-empty tuple of key expressions")
+        for key in self.keys:
+            check_fragment(key, what=f"index {self.name!r} key")
+        if self.where is not None:
+            check_fragment(self.where, what=f"index {self.name!r} WHERE clause")
+        for col in self.include:
+            if not isinstance(col, str) or not col:
+                raise WorkbookError(f"index {self.name!r}: INCLUDE columns must be names, got {col!r}")
 
     def create(self, *, concurrently: bool = False) -> sql.Composed:
         """``CREATE INDEX [CONCURRENTLY] IF NOT EXISTS ...``."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkbookError
+from ..statement import check_statement
 from .paths import dataset_dir
 from .samplers import SAMPLERS, sample
 
@@ -41,6 +42,18 @@ class Variant:
 
     name: str
     statements: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        """Each statement is exactly one allowed statement (see :mod:`workbook.statement`)."""
+        if isinstance(self.statements, str) or not self.statements:
+            raise WorkbookError(f"variant {self.name!r} needs a tuple of one or more SQL statements")
+        for k, text in enumerate(self.statements):
+            check_statement(text, what=f"variant {self.name!r}" + (f" step {k + 1}" if len(self.statements) > 1 else ""))
+
+    @property
+    def kind(self) -> str:
+        """``write`` when any statement writes, else ``read``."""
+        return "write" if any(not check_statement(t).is_read for t in self.statements) else "read"
 
     @property
     def sql(self) -> str:
@@ -60,6 +73,16 @@ class QueryShape:
     tables: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    def __post_init__(self) -> None:
+        # a write in a shape declared 'read' would be timed outside a rolled-back transaction
+        if self.kind == "read":
+            writing = [v.name for v in self.variants.values() if v.kind == "write"]
+            if writing:
+                raise WorkbookError(
+                    f"{self.path or self.name}: kind is 'read' but variant {writing[0]!r} writes; declare "
+                    "'-- kind: write' (writes are timed in rolled-back transactions and need a writable target)"
+                )
 
     @property
     def default_variant(self) -> str:
@@ -99,7 +122,8 @@ class QueryShape:
         """
         steps = self.variant(variant).statements
         cur = cursor if cursor is not None else conn.cursor()
-        cur.execute(steps[0], params, prepare=prepare)  # type: ignore[arg-type]
+        # with parameters psycopg uses the extended protocol; without, only when preparing
+        cur.execute(steps[0], params, prepare=prepare if params else True)  # type: ignore[arg-type]
         rows = cur.fetchall() if cur.description else [(cur.rowcount,)]
         for step in steps[1:]:
             names = [d.name for d in cur.description or ()]
@@ -178,6 +202,7 @@ def parse_shape(text: str, path: Path | None = None) -> QueryShape:
         defaults[key] = int(value) if value.lstrip("-").isdigit() else value
     if not variants:
         raise WorkbookError(f"{path or name}: no '-- variant: NAME' section")
+
     return QueryShape(
         name=name,
         title=one("title"),

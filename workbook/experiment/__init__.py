@@ -3,14 +3,15 @@
 from .advise import Advice, Candidate, advise
 from .costs import index_costs
 from .findings import Finding, findings
+from .leftovers import Leftover, find_leftovers, sweep_leftovers
 from .knobs import Index, IndexCost, Knob, Setting, Statistics, StatisticsTarget, Variant, WhatIfIndex
 from .plan import Plan, PlanNode, QueryFailed, explain, parse_plan
 from .runs import Arm, Comparison, Run, compare, context, explain_shape, measure, run_shape
 from .timing import Verdict, bootstrap_ratio, time_interleaved, verdict
 
 __all__ = [
-    "Advice", "Arm", "Candidate", "Comparison", "Finding", "Index", "IndexCost", "Knob", "Plan", "PlanNode",
+    "Advice", "Arm", "Candidate", "Comparison", "Finding", "Index", "IndexCost", "Knob", "Leftover", "Plan", "PlanNode",
     "QueryFailed", "Run", "Setting", "Statistics", "StatisticsTarget", "Variant", "Verdict", "WhatIfIndex",
-    "advise", "bootstrap_ratio", "compare", "context", "explain", "explain_shape", "findings", "index_costs", "measure",
-    "parse_plan", "run_shape", "time_interleaved", "verdict",
+    "advise", "bootstrap_ratio", "compare", "context", "explain", "explain_shape", "find_leftovers", "findings", "index_costs", "measure",
+    "parse_plan", "run_shape", "sweep_leftovers", "time_interleaved", "verdict",
 ]

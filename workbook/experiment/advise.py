@@ -33,6 +33,7 @@ from ..dataset.indexes import IndexSpec
 from ..errors import WorkbookError
 from .costs import index_costs
 from .knobs import WhatIfIndex
+from ..statement import as_read, check_statement
 from .plan import Plan, PlanNode, explain
 from .timing import time_interleaved, verdict
 from .wire import statement_runner
@@ -107,15 +108,17 @@ class Candidate:
 
 @dataclass
 class Advice:
-    sql: str
+    sql: str  # what was advised on: the query, or the read an UPDATE/DELETE does
     suggestions: list[Candidate]
     rejected: list[Candidate]
     reason: str
     baseline_plan: Plan | None = field(default=None, repr=False)
+    statement: str = ""  # the statement as given
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "sql": self.sql,
+            "statement": self.statement or self.sql,
             "suggestions": [c.as_dict() for c in self.suggestions],
             "rejected": [c.as_dict() for c in self.rejected],
             "reason": self.reason,
@@ -297,15 +300,33 @@ def advise(
     measure_write_cost: bool = True,
     timeout_s: float = 30.0,
 ) -> Advice:
-    """Propose indexes for ``query`` and verify each by a what-if measurement (see module doc)."""
+    """Propose indexes for ``query`` and verify each by a what-if measurement (see module doc).
+
+    For an ``UPDATE``/``DELETE`` the advice is for the read that finds its rows (``SELECT 1 FROM
+    <its tables> WHERE <its condition>``), as the statement itself would use the index for that;
+    the write never runs, so no row changes.
+    """
+    stmt = check_statement(query, what="the query to advise on")
+    read = as_read(stmt)
+    note = "" if read is stmt else f"advice for the read the {stmt.command} does to find its rows ({read.text}); "
+    if repeats < 2:
+        raise WorkbookError(f"repeats must be at least 2, got {repeats!r}")
+    if timeout_s <= 0:
+        raise WorkbookError(f"timeout_s must be positive, got {timeout_s!r}")
+    advice = _advise(target, read.text, params, repeats=repeats, warmup=warmup, max_candidates=max_candidates,
+                     measure_write_cost=measure_write_cost, timeout_s=timeout_s)  # fmt: skip
+    advice.statement = stmt.text
+    advice.reason = note + advice.reason
+    return advice
+
+
+def _advise(
+    target: Target, query: str, params: Any, *, repeats: int, warmup: int, max_candidates: int,
+    measure_write_cost: bool, timeout_s: float,
+) -> Advice:  # fmt: skip
     with target.connect() as conn:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
         estimate = explain(conn, query, params, analyze=False, timeout_s=timeout_s)
-        if estimate.root.node_type == "ModifyTable":
-            raise WorkbookError(
-                "advise() measures reads; for an UPDATE/DELETE, advise the SELECT with the same WHERE clause "
-                "(the index that finds the rows is the one that helps)"
-            )
         uses = _uses(estimate)
         candidates = _candidates(conn, uses)[:max_candidates]
         if not uses:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from ..dataset.indexes import IndexSpec
 from ..dataset.shapes import QueryShape, load_shapes
+from ..statement import fetch_rows
 from .knobs import IndexCost, _index_size
 from .timing import bootstrap_ratio
 from .wire import wire_runner
@@ -65,7 +66,7 @@ def index_costs(
                         work, build = _bulk_copy_writes(conn, spec, sample_rows)
                     if indexed:
                         t0 = time.perf_counter()
-                        conn.execute(build.create())
+                        fetch_rows(conn, build.create())
                         if cost.build_seconds is None and build is spec:
                             cost.build_seconds = round(time.perf_counter() - t0, 4)
                             cost.size_bytes = _index_size(conn, spec)
@@ -74,7 +75,7 @@ def index_costs(
     if cost.build_seconds is None:  # generic path: build and size of the real index, rolled back too
         with target.connect() as conn, conn.transaction(force_rollback=True):
             t0 = time.perf_counter()
-            conn.execute(spec.create())
+            fetch_rows(conn, spec.create())
             cost.build_seconds = round(time.perf_counter() - t0, 4)
             cost.size_bytes = _index_size(conn, spec)
     ratio, lo, hi = bootstrap_ratio(with_, without)

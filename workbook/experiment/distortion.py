@@ -14,6 +14,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import WorkbookError
+from ..statement import StatementRefused, check_statement, fetch_rows, reads_only
 from .timing import median
 
 if TYPE_CHECKING:
@@ -29,25 +31,35 @@ MODES = {
 
 
 def clock_distortion(target: Target, sql: str, params: Any = None, *, repeats: int = 9) -> pd.DataFrame:
-    """Median milliseconds of ``sql`` per mode, and each mode's ratio to plain execution (read-only SQL)."""
+    """Median milliseconds of ``sql`` per mode, and each mode's ratio to plain execution.
+
+    ``sql`` must be one read (it runs for real, many times, in a read-only session).
+    """
     import numpy as np
     import pandas as pd
+
+    stmt = check_statement(sql, what="the statement to time")
+    if not stmt.is_read:
+        raise StatementRefused(f"clock_distortion() times reads only, and this statement writes ({stmt.why_write})")
+    if repeats < 1:
+        raise WorkbookError(f"repeats must be at least 1, got {repeats!r}")
+    sql = stmt.text
 
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     rng = np.random.default_rng(0)
     names = list(MODES)
-    with target.connect() as conn:
-        conn.execute(sql, params).fetchall()  # warm-up
+    with target.connect() as conn, reads_only(conn):
+        fetch_rows(conn, sql, params)  # warm-up
         for _ in range(repeats):
             for i in rng.permutation(len(names)):
                 mode = names[i]
                 prefix = MODES[mode]
                 if prefix is None:
                     t0 = time.perf_counter()
-                    conn.execute(sql, params).fetchall()
+                    fetch_rows(conn, sql, params)
                     samples[mode].append((time.perf_counter() - t0) * 1000)
                 else:
-                    doc = conn.execute(prefix + sql, params).fetchone()[0]  # type: ignore[index]
+                    doc = fetch_rows(conn, prefix + sql, params)[0][0]
                     doc = json.loads(doc) if isinstance(doc, str) else doc
                     samples[mode].append(float(doc[0]["Execution Time"]))
     plain = median(samples["plain execution"])

@@ -29,6 +29,8 @@ from psycopg import sql
 
 from ..dataset.indexes import IndexSpec
 from ..errors import WorkbookError
+from ..statement import fetch_rows
+from .leftovers import mark
 
 if TYPE_CHECKING:
     import psycopg
@@ -162,7 +164,10 @@ class Index(_IndexKnob):
     """A real index, on (``on=True``) or off; revert restores what was there before.
 
     ``concurrently`` builds/drops without blocking writers (needs an autocommit connection).
-    The build's time and the index's size are recorded in :attr:`cost`.
+    The build's time and the index's size are recorded in :attr:`cost`. An index it builds is
+    marked as built by this session, so one left by a killed run is found and dropped by the
+    next command (:mod:`workbook.experiment.leftovers`); an index that ``on=False`` dropped is
+    not put back by a killed run (nothing can mark an absence).
     """
 
     scope = "database"
@@ -181,9 +186,19 @@ class Index(_IndexKnob):
         return {**super().describe(), "on": self.on}
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
-        t0 = time.perf_counter()
-        conn.execute(self.spec.create(concurrently=self.concurrently))
-        self.cost.build_seconds = round(time.perf_counter() - t0, 4)
+        # marked as this session's (workbook.experiment.leftovers): if the run is killed before it
+        # reverts, the next command finds the index and drops it
+        if self.concurrently:  # CONCURRENTLY cannot share a transaction with the comment
+            t0 = time.perf_counter()
+            fetch_rows(conn, self.spec.create(concurrently=True))
+            self.cost.build_seconds = round(time.perf_counter() - t0, 4)
+            mark(conn, "index", self.spec.schema, self.spec.name, self.label)
+        else:
+            with conn.transaction():
+                t0 = time.perf_counter()
+                fetch_rows(conn, self.spec.create())
+                self.cost.build_seconds = round(time.perf_counter() - t0, 4)
+                mark(conn, "index", self.spec.schema, self.spec.name, self.label)
         self.cost.size_bytes = _index_size(conn, self.spec)
 
     def _apply(self, conn: psycopg.Connection[Any]) -> None:
@@ -191,13 +206,13 @@ class Index(_IndexKnob):
         if self.on and not self._existed:
             self._create(conn)
         elif not self.on and self._existed:
-            conn.execute(self.spec.drop(concurrently=self.concurrently))
+            fetch_rows(conn, self.spec.drop(concurrently=self.concurrently))
 
     def _revert(self, conn: psycopg.Connection[Any]) -> None:
         if self._existed and not self.on:
-            conn.execute(self.spec.create(concurrently=self.concurrently))
+            fetch_rows(conn, self.spec.create(concurrently=self.concurrently))
         elif not self._existed and self.on:
-            conn.execute(self.spec.drop(concurrently=self.concurrently))
+            fetch_rows(conn, self.spec.drop(concurrently=self.concurrently))
 
 
 class WhatIfIndex(_IndexKnob):
@@ -225,7 +240,7 @@ class WhatIfIndex(_IndexKnob):
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout_s * 1000)}ms",))
             t0 = time.perf_counter()
-            conn.execute(self.spec.create())
+            fetch_rows(conn, self.spec.create())
             self.cost.build_seconds = round(time.perf_counter() - t0, 4)
             self.cost.size_bytes = _index_size(conn, self.spec)
         except BaseException as exc:
@@ -285,14 +300,16 @@ class Statistics(Knob):
             " WHERE n.nspname = %s AND e.stxname = %s", (schema, self.name)
         ).fetchone()  # fmt: skip
         if not exists:
-            conn.execute(
-                sql.SQL("CREATE STATISTICS {} ({}) ON {} FROM {}").format(
-                    sql.Identifier(schema, self.name),
-                    sql.SQL(", ").join(sql.SQL(k) for k in self.kinds),  # checked against the fixed list above
-                    sql.SQL(", ").join(map(sql.Identifier, self.columns)),
-                    sql.Identifier(schema, table),
-                )
-            )
+            with conn.transaction():  # created and marked together (workbook.experiment.leftovers)
+                fetch_rows(conn,
+                    sql.SQL("CREATE STATISTICS {} ({}) ON {} FROM {}").format(
+                        sql.Identifier(schema, self.name),
+                        sql.SQL(", ").join(sql.SQL(k) for k in self.kinds),  # checked against the fixed list above
+                        sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+                        sql.Identifier(schema, table),
+                    )
+                )  # fmt: skip
+                mark(conn, "statistics", schema, self.name, self.label)
             self._created = True
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 

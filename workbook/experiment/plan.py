@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import WorkbookError
+from ..errors import ReadOnlyTarget, WorkbookError
+from ..statement import check_statement, fetch_rows, session_read_only
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -339,21 +340,32 @@ def explain(
     version = conn.info.server_version
     if version < 130000:
         raise WorkbookError(f"PostgreSQL {version // 10000} is too old: EXPLAIN (WAL) needs 13 or newer")
-    text = f"EXPLAIN ({', '.join(options)}) {sql}"
+    stmt = check_statement(sql, what="the statement to EXPLAIN")
+    if not stmt.is_read and session_read_only(conn):
+        raise ReadOnlyTarget(
+            f"the statement writes ({stmt.why_write}), and this session is read-only; nothing was sent. "
+            "Pass --allow-writes (allow_writes=True) for a scratch database: EXPLAIN ANALYZE rolls the write back"
+        )
+    text = f"EXPLAIN ({', '.join(options)}) {stmt.text}"
+    if timeout_s <= 0:
+        raise WorkbookError(f"timeout_s must be positive, got {timeout_s!r}")
     try:
         with conn.transaction(force_rollback=True):
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}ms",))
-            row = conn.execute(text, params).fetchone()  # type: ignore[arg-type]
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(timeout_s * 1000))}ms",))
+            if stmt.is_read:  # a read runs READ ONLY: the server refuses any write it might hide
+                conn.execute("SELECT set_config('transaction_read_only', 'on', true)")
+            rows = fetch_rows(conn, text, params)
     except psycopg.errors.QueryCanceled as exc:
         raise QueryFailed(
             f"the statement ran past the {timeout_s:g} s statement timeout and was cancelled (nothing changed); "
             "add an index, narrow the query, or raise timeout_s"
         ) from exc
     except psycopg.Error as exc:
-        message = _server_message(exc, offset=len(text) - len(sql))
+        message = _server_message(exc, offset=len(text) - len(stmt.text))
         raise QueryFailed(f"the server rejected the statement (nothing changed): {message}") from exc
-    assert row is not None
-    return parse_plan(row[0], sql=sql, params=params if isinstance(params, dict) else None)
+    if len(rows) != 1:
+        raise QueryFailed(f"EXPLAIN returned {len(rows)} rows instead of one plan (nothing changed)")
+    return parse_plan(rows[0][0], sql=stmt.text, params=params if isinstance(params, dict) else None)
 
 
 def _server_message(exc: Exception, offset: int = 0) -> str:

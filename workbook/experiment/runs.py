@@ -27,6 +27,7 @@ import psycopg
 
 from ..dataset.shapes import QueryShape, shape as load_shape
 from ..errors import WorkbookError
+from ..statement import reads_only
 from .findings import Finding, findings
 from .knobs import Index, Knob, Variant, WhatIfIndex
 from .plan import Plan, QueryFailed, _server_message, explain
@@ -314,6 +315,8 @@ def measure(
                     with ExitStack() as knobs:
                         for k in arm.knobs:
                             knobs.enter_context(k.applied(conns[i]))
+                        if qs.kind == "read":  # timed reads run read-only, as the server enforces it
+                            knobs.enter_context(reads_only(conns[i]))
                         _check(runners[i], qs, variants[i], timeout_s)
                         samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
                                                       progress=progress, should_stop=should_stop)[0]  # fmt: skip
@@ -327,6 +330,8 @@ def measure(
                             knobs.enter_context(conns[i].transaction(force_rollback=True))
                         for k in arm.knobs:
                             knobs.enter_context(k.applied(conns[i]))
+                        if qs.kind == "read":  # timed reads run read-only, as the server enforces it
+                            knobs.enter_context(reads_only(conns[i]))
                     for i in range(len(arms)):
                         _check(runners[i], qs, variants[i], timeout_s)
                     samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,

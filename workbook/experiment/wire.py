@@ -36,6 +36,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import ConnStatus, ExecStatus, Format, TransactionStatus
 
 from ..errors import WorkbookError
+from ..statement import check_statement
 
 if TYPE_CHECKING:
     import psycopg
@@ -86,6 +87,7 @@ class _Step:
     """One statement of a variant, prepared per type signature on one connection."""
 
     def __init__(self, conn: psycopg.Connection[Any], sql: str, *, raw: bool = False) -> None:
+        check_statement(sql)  # one allowed statement; PQprepare would refuse a second one anyway
         self.conn = conn
         self.pgconn = conn.pgconn
         if raw:  # no parameters: psycopg sends the text as it is, % signs and all
@@ -168,7 +170,7 @@ def wire_runner(
     bound = [first.dump(first.bind(p)) for p in params]
     fixed = [[step.dump_named(p) for p in params] for step in steps[1:]]  # the shape's own values, per param set
     counter = itertools.count()
-    write = qs.kind == "write" and rollback_writes
+    write = (qs.kind == "write" or qs.variant(variant).kind == "write") and rollback_writes
 
     def each_row(i: int, k: int, results: list[Any]) -> list[Any]:
         """Step ``i`` once per row of the previous step's results, fed the values as they came off the wire."""

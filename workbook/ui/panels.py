@@ -148,7 +148,8 @@ class ExperimentPanel:
         if self.sql.value.strip() == original.sql.strip():
             return self.qs, original.name
         steps = tuple(s.strip().rstrip(";").strip() for s in self.sql.value.split("-- for each row:"))
-        return dataclasses.replace(self.qs, variants={"edited": Variant("edited", steps)}), "edited"
+        edited = Variant("edited", steps)  # refused here when it is not one allowed statement per step
+        return dataclasses.replace(self.qs, kind=edited.kind, variants={"edited": edited}), "edited"
 
     # ---- running -------------------------------------------------------------------------
     def cancel(self) -> None:
