@@ -10,6 +10,7 @@ Errors the workbook raises on purpose print as one line ``error: ...`` with exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,10 @@ from typing import Any
 from .errors import WorkbookError
 
 EXIT_ERROR = 2
+#: timed repetitions per side that compare/report/advise accept
+REPEATS_RANGE = (2, 10_000)
+#: the largest seed dataset_info can record (a PostgreSQL integer)
+SEED_MAX = 2**31 - 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("dataset", help="what dataset is loaded: seed, scale, rows per table")
     ds.add_argument("--checksum", action="store_true", help="also compute the content checksum (reads every row)")
     ds.add_argument("--duckdb", metavar="PATH", help="also copy the dataset into this DuckDB file")
+    ds.add_argument("--force", action="store_true", help="replace the --duckdb file if it exists")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
 
     ex = sub.add_parser("explain", help="EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
@@ -197,18 +203,24 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     if _external_target(args) is not None:
         raise _local_only("promote")
-    nodes = _cluster(args).promote(args.name)
+    cluster = _cluster(args)
+    nodes = cluster.promote(args.name)
     _print_status(nodes, False, "local")
+    failover = cluster.last_failover
+    if failover is not None and failover.warning:
+        print(f"warning: {failover.warning}", file=sys.stderr)
     return 0
 
 
 def cmd_psql(args: argparse.Namespace) -> int:
     from .cluster.target import dsn_params
 
+    if not args.node.strip():
+        raise WorkbookError("--node needs a node name, e.g. --node primary or --node replica1 (see 'workbook status')")
     target = _external_target(args)
     if target is None:
         cluster = _cluster(args)
-        dsn = cluster.dsn(None if args.node == "primary" else args.node)
+        dsn = cluster.dsn(None if args.node == "primary" else args.node)  # an unknown name is refused here
         nodes = cluster.status()
         node = nodes[0] if args.node == "primary" else next(n for n in nodes if n.name == args.node)
         if node.pid is None:
@@ -285,8 +297,12 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import checksum, dataset_info, to_duckdb
+    from .dataset.duck import check_duckdb_path
     from .dataset.loader import STAGING, stale_staging
 
+    protected = _protected_dirs(args)
+    if args.duckdb is not None:  # refused now, before anything is read
+        check_duckdb_path(args.duckdb, force=args.force, protected=protected)
     target = _external_target(args) or _cluster(args).target()
     with target.connect() as conn:
         info = dataset_info(conn)
@@ -304,7 +320,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         if args.checksum:
             out["checksum"] = checksum(conn).value
     if args.duckdb:
-        duck = to_duckdb(target, args.duckdb)
+        duck = to_duckdb(target, args.duckdb, force=args.force, protected=protected)
         duck.close()
         out["duckdb"] = str(args.duckdb)
     if args.json:
@@ -319,6 +335,13 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if leftover:
         print(f"note: {leftover}")
     return 0
+
+
+def _protected_dirs(args: argparse.Namespace) -> list[Path]:
+    """Folders no output file may go into: the workbook home's secrets."""
+    from .cluster._local import resolve_home
+
+    return [resolve_home(args.home) / "secrets"]
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -452,23 +475,106 @@ COMMANDS = {
 }
 
 
+def _check_utf8(argv: Sequence[str]) -> None:
+    """Refuse arguments that are not valid UTF-8 (Python hands them over with surrogate escapes)."""
+    for i, arg in enumerate(argv):
+        if isinstance(arg, str) and any("\udc80" <= c <= "\udcff" for c in arg):
+            before = argv[i - 1] if i and str(argv[i - 1]).startswith("-") else None
+            where = f"the value of {before}" if before else f"argument {i + 1}"
+            raise WorkbookError(f"{where} is not valid UTF-8; check the terminal's or the script's encoding")
+    for var in ("WORKBOOK_DSN", "WORKBOOK_REPLICA_DSNS", "WORKBOOK_HOME"):
+        if any("\udc80" <= c <= "\udcff" for c in os.environ.get(var, "")):
+            raise WorkbookError(f"${var} is not valid UTF-8; check its encoding")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bounds on numbers and paths, checked before any command touches a server or a file."""
+    from .cluster._local import check_home, check_port, resolve_home
+
+    if args.home is not None or os.environ.get("WORKBOOK_HOME"):
+        check_home(resolve_home(args.home))
+    repeats = getattr(args, "repeats", None)
+    low, high = REPEATS_RANGE
+    if repeats is not None and not low <= repeats <= high:
+        raise WorkbookError(f"--repeats must be from {low} to {high}, not {repeats}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise WorkbookError(f"--seed must be from 0 to {SEED_MAX}, not {seed}")
+    if getattr(args, "port", None) is not None:
+        check_port(args.port)
+    if getattr(args, "lab_port", None) is not None:
+        check_port(args.lab_port, "--lab-port")
+
+
+def _dsns(args: argparse.Namespace | None) -> list[str]:
+    """Every DSN this run may have used (for redacting messages), the local cluster's included."""
+    found = [os.environ.get("WORKBOOK_DSN", ""), *os.environ.get("WORKBOOK_REPLICA_DSNS", "").split()]
+    if args is not None:
+        found += [args.dsn or "", *(args.replica_dsn or [])]
+        from .cluster._local import LocalCluster
+
+        with contextlib.suppress(Exception):  # redaction must not fail: the error being reported matters
+            cluster = LocalCluster(args.home)
+            if cluster.password_file.exists():
+                found.append(f"password={cluster.password_file.read_text().strip()}")
+    return [d for d in found if d]
+
+
+def _server_error(exc: Exception, args: argparse.Namespace | None) -> str:
+    """One line for a psycopg error that reached the top: what the server said, redacted, and what to do."""
+    import psycopg
+
+    from .cluster.target import redact_text
+
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    message = redact_text(" ".join((lines[0] if lines else type(exc).__name__).split()), *_dsns(args))
+    external = args is not None and bool(args.dsn)
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        hint = "is the server up? check the --dsn server" if external else "is the cluster up? run 'workbook up'"
+        return f"the server connection failed: {message}; {hint}"
+    return f"the server refused the command: {message}; check the arguments and try again"
+
+
+def _is_psycopg_error(exc: BaseException) -> bool:
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "psql":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.psql_args = extra
-    # psycopg warns on stderr when it cannot tidy up after an error (e.g. ending a COPY on a lost
-    # connection); the command reports the error itself, in one line
-    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
+        _check_utf8(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "psql":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.psql_args = extra
+        _check_args(args)
+        # psycopg warns on stderr when it cannot tidy up after an error (e.g. ending a COPY on a lost
+        # connection); the command reports the error itself, in one line
+        logging.getLogger("psycopg").setLevel(logging.ERROR)
+        # warnings the library logs (a failover that may have lost commits) are printed by the command
+        logging.getLogger("workbook").addHandler(logging.NullHandler())
         return COMMANDS[args.command](args)
     except WorkbookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc), args)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_psycopg_error(exc):
+            raise
+        print(f"error: {_one_line(_server_error(exc, args), args)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(message: str, args: argparse.Namespace | None) -> str:
+    """A message on one line, with every password this run knows of redacted (a last safety net)."""
+    from .cluster.target import redact_text
+
+    return redact_text(" ".join(message.split()), *_dsns(args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Layout of the home directory (default ``./.workbook``, else ``--home`` / ``WORKB
 
     cluster.json          topology: nodes (name, role, port, slot), sync-commit mode, binaries
     secrets/password      the superuser's generated password (0600, never printed)
+    secrets/pgpass        the same password in .pgpass form (0600, the server user's): replicas
+                          connect with ``passfile=``, so no password lands in a configuration
+                          file or in a log (the server logs ``primary_conninfo`` when it changes)
     nodes/<name>/data     each node's data directory; nodes/<name>/postgres.log its log
     run/                  unix sockets (or a short path under /tmp when the home's path is too long)
     .lock                 serialises changes made by several processes (two notebooks, the CLI)
@@ -19,7 +22,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
+import math
 import os
+import re
 import secrets
 import shutil
 import time
@@ -30,7 +36,7 @@ from typing import Any, Literal
 
 from ..errors import ClusterError, UnknownNode
 from ._binaries import PgBinaries
-from ._node import Node, free_port, port_is_free
+from ._node import BASE_SETTINGS, Node, free_port, port_is_free
 from ._osuser import RunAs
 from ._probe import (
     REPLAY_LAG_SQL,
@@ -51,6 +57,15 @@ DATABASE = "workbook"
 DEFAULT_PORT = 25432
 STATE_VERSION = 1
 
+#: replicas one cluster may have at most (the primary's max_wal_senders and slots may allow fewer)
+MAX_REPLICAS = 16
+#: TCP ports a cluster may listen on (below 1024 needs privileges the server user does not have)
+PORT_RANGE = (1024, 65535)
+#: the primary's settings that bound how many replicas it can stream to
+_CAPACITY = ("max_wal_senders", "max_replication_slots")
+
+log = logging.getLogger("workbook.cluster")
+
 SyncMode = Literal["off", "async", "remote_write", "on", "remote_apply"]
 SYNC_MODES: tuple[str, ...] = ("off", "async", "remote_write", "on", "remote_apply")
 
@@ -61,7 +76,85 @@ def default_home() -> Path:
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     """``home`` made absolute, or the default home (``WORKBOOK_HOME``, else ``./.workbook``)."""
-    return Path(home).expanduser().absolute() if home is not None else default_home()
+    if home is None:
+        return default_home()
+    if not str(home).strip():
+        raise ClusterError("the workbook home is an empty path; give a folder, e.g. --home ./.workbook")
+    return Path(home).expanduser().absolute()
+
+
+def check_home(home: Path) -> None:
+    """Refuse a home that is a file, or a folder (or, not made yet, a parent) this process cannot write."""
+    if home.exists() or home.is_symlink():
+        if not home.is_dir():
+            raise ClusterError(f"the workbook home {str(home)!r} is a file, not a folder; choose another --home")
+        if not os.access(home, os.W_OK | os.X_OK):
+            raise ClusterError(f"the workbook home {str(home)!r} is not writable by this user; choose another --home")
+        return
+    parent = home.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ClusterError(
+            f"cannot create the workbook home {str(home)!r}: {str(parent)!r} is a file, not a folder; "
+            "choose another --home"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ClusterError(
+            f"cannot create the workbook home {str(home)!r}: {str(parent)!r} is not writable by this user; "
+            "choose another --home"
+        )
+
+
+def check_port(port: object, what: str = "--port") -> int:
+    """``port`` if it is a whole number in 1024..65535; else a one-line ClusterError."""
+    low, high = PORT_RANGE
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= high:
+        raise ClusterError(f"{what} must be a TCP port from {low} to {high}, not {port!r}")
+    return port
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float:
+    """``timeout`` if it is a finite number of seconds > 0; else a one-line ClusterError."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ClusterError(f"{what} must be a number of seconds > 0, not {timeout!r}")
+    return float(timeout)
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What ``promote()`` found about the old primary: was it shut down cleanly, and what may be lost.
+
+    ``lost_bytes`` is WAL the old primary had on disk that the promoted replica had not received
+    (None: unknown); ``exact`` is False when it is only a lower bound.
+    """
+
+    old_primary: str
+    new_primary: str
+    clean_shutdown: bool | None  # None: could not tell
+    old_state: str | None  # pg_controldata's "Database cluster state"
+    lost_bytes: int | None
+    exact: bool
+
+    @property
+    def warning(self) -> str | None:
+        """One line for a failover that may have lost acknowledged commits; None after a clean shutdown."""
+        if self.clean_shutdown:
+            return None
+        how = (f"was not shut down cleanly (state {self.old_state!r})" if self.old_state
+               else "could not be checked for a clean shutdown")  # fmt: skip
+        if self.lost_bytes is None:
+            behind = "how much WAL it was behind is unknown"
+        elif self.exact and self.lost_bytes == 0:
+            behind = "it had received all the WAL on the old primary's disk (0 bytes behind)"
+        elif self.exact:
+            behind = f"it was {self.lost_bytes:,} bytes behind the WAL on the old primary's disk"
+        else:
+            behind = f"it was at least {self.lost_bytes:,} bytes behind the WAL on the old primary's disk"
+        return (
+            f"the old primary {self.old_primary!r} {how}: in async mode, commits it acknowledged may be "
+            f"lost; {self.new_primary!r} was promoted, and {behind}"
+        )
 
 
 @dataclass
@@ -84,7 +177,9 @@ class LocalCluster:
     ) -> None:
         self.home = resolve_home(home)
         self._pg_bin = pg_bin
-        self._port = port if port is not None else _env_port()
+        self._port_explicit = port is not None
+        self._port = check_port(port) if port is not None else _env_port()
+        self.last_failover: Failover | None = None  # set by promote()
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._bins: PgBinaries | None = None
@@ -103,10 +198,16 @@ class LocalCluster:
         return self.home / "secrets" / "password"
 
     @property
+    def passfile(self) -> Path:
+        return self.home / "secrets" / "pgpass"
+
+    @property
     def initialized(self) -> bool:
         return self.state_file.exists()
 
     def _load(self) -> dict[str, Any]:
+        if self.home.exists() and not self.home.is_dir():
+            check_home(self.home)
         try:
             state = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -132,8 +233,14 @@ class LocalCluster:
     def _locked(self) -> Iterator[None]:
         """An exclusive, re-entrant (within this object) lock on the home directory."""
         if self._lock_depth == 0:
-            self.home.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            check_home(self.home)
+            try:
+                self.home.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise ClusterError(
+                    f"cannot use the workbook home {str(self.home)!r}: {exc.strerror}; choose another --home"
+                ) from None
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._lock_fd = fd
         self._lock_depth += 1
@@ -194,6 +301,20 @@ class LocalCluster:
     def _password(self) -> str:
         return self.password_file.read_text().strip()
 
+    def _write_passfile(self) -> Path:
+        """``secrets/pgpass`` (0600, the server user's), for replication connections to any node."""
+        secrets_dir = self.run_as.make_dir(self.passfile.parent, 0o700)
+        esc = self._password().replace("\\", "\\\\").replace(":", "\\:")
+        text = "".join(f"{host}:*:*:{SUPERUSER}:{esc}\n" for host in ("127.0.0.1", "localhost"))
+        tmp = secrets_dir / ".pgpass.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        self.run_as.give(tmp)
+        tmp.replace(self.passfile)
+        return self.passfile
+
     def dsn(self, node: str | None = None, *, dbname: str = DATABASE) -> str:
         """A DSN (with the password) for ``node`` (default: the current primary)."""
         spec = self._spec(node) if node else self._primary_spec()
@@ -227,8 +348,23 @@ class LocalCluster:
     def up(self, replicas: int | None = None) -> list[NodeStatus]:
         """Create the cluster if needed, start every node, heal broken replicas, and (if given)
         grow or shrink to ``replicas`` replicas. Safe to call again at any time."""
-        if replicas is not None and replicas < 0:
-            raise ClusterError(f"replica count must be >= 0, not {replicas}")
+        if replicas is not None:
+            if isinstance(replicas, bool) or not isinstance(replicas, int):
+                raise ClusterError(f"replica count must be a whole number, not {replicas!r}")
+            if replicas < 0:
+                raise ClusterError(f"replica count must be >= 0, not {replicas}")
+            if replicas > MAX_REPLICAS:
+                raise ClusterError(f"replica count must be at most {MAX_REPLICAS}, not {replicas}")
+        check_home(self.home)
+        if self.initialized and self._port_explicit:
+            port = self._primary_spec().port
+            if port != self._port:
+                raise ClusterError(
+                    f"the cluster in {str(self.home)!r} already listens on port {port}, not {self._port}; "
+                    "leave out --port, or 'workbook down --destroy' to make a new cluster on another port"
+                )
+        if replicas is not None and not self.initialized:
+            self._check_replica_capacity(replicas, {k: int(BASE_SETTINGS[k]) for k in _CAPACITY}, 0)
         home_existed = self.home.exists()
         try:
             return self._up(replicas)
@@ -250,6 +386,8 @@ class LocalCluster:
                     "'workbook down --destroy' then 'workbook up' to start afresh"
                 )
             node.start()
+            if replicas is not None:
+                self._check_live_capacity(replicas)
             for spec in [s for s in self._specs(state) if s.role == "replica"]:
                 self._heal_replica(spec)
             if replicas is not None:
@@ -259,6 +397,27 @@ class LocalCluster:
                 for name in reversed(current[replicas:] if replicas < len(current) else []):
                     self.remove_replica(name)
         return self.status()
+
+    def _check_live_capacity(self, replicas: int) -> None:
+        """Refuse ``replicas`` before building any, if the running primary cannot serve that many."""
+        ours = {f"wb_{s.name}" for s in self._specs() if s.role == "replica"}
+        with self._connect(self._primary_spec()) as conn:
+            settings = {k: int(conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0]) for k in _CAPACITY}
+            slots = [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
+        self._check_replica_capacity(replicas, settings, len([s for s in slots if s not in ours]))
+
+    @staticmethod
+    def _check_replica_capacity(replicas: int, settings: dict[str, int], foreign_slots: int) -> None:
+        senders, slots = settings["max_wal_senders"], settings["max_replication_slots"]
+        # each replica streams through one WAL sender and one slot; the one being built needs a
+        # second sender while pg_basebackup copies the data directory
+        most = max(0, min(MAX_REPLICAS, senders - 1, slots - foreign_slots))
+        if replicas > most:
+            raise ClusterError(
+                f"the primary can serve at most {most} replica(s) (max_wal_senders={senders}, one more is needed "
+                f"while a replica is built; max_replication_slots={slots}, {foreign_slots} taken by others), "
+                f"not {replicas}; ask for fewer replicas"
+            )
 
     def _create_primary(self) -> None:
         bins = self.bins  # validates binaries before anything is created
@@ -282,7 +441,7 @@ class LocalCluster:
                     "choose a --home (WORKBOOK_HOME) under a world-traversable directory such as /var/tmp"
                 )
             secrets_dir = self.home / "secrets"
-            secrets_dir.mkdir(mode=0o700, exist_ok=True)
+            self.run_as.make_dir(secrets_dir, 0o700)  # the server user reads secrets/pgpass
             password = secrets.token_urlsafe(24)
             fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -372,6 +531,7 @@ class LocalCluster:
         With the name of an existing replica that is down or broken, heal it instead: restart it,
         or rebuild it from the primary when its WAL is gone. Idempotent for a healthy replica.
         """
+        check_timeout(timeout)
         with self._locked():
             state = self._load()
             names = {s.name for s in self._specs(state)}
@@ -388,6 +548,7 @@ class LocalCluster:
                 name = f"replica{i}"
             elif not name.replace("_", "").isalnum() or not name[0].isalpha() or len(name) > 40:
                 raise ClusterError(f"bad replica name {name!r}: use letters, digits and '_' (e.g. 'replica3')")
+            self._check_live_capacity(len([s for s in self._specs(state) if s.role == "replica"]) + 1)
             taken = {s.port for s in self._specs(state)}
             port = free_port(max(taken) + 1, taken)
             spec = NodeSpec(name=name, role="replica", port=port, slot=f"wb_{name}")
@@ -404,7 +565,10 @@ class LocalCluster:
         self._drop_slot(spec.slot)
         try:
             self.run_as.make_dir(node.root)
-            env = dict(os.environ, PGPASSWORD=self._password(), PGAPPNAME=spec.name)
+            # the password from a passfile, not PGPASSWORD: -R writes the connection's options into
+            # primary_conninfo, and so a password given directly would land in postgresql.auto.conf
+            env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+            env.update(PGPASSFILE=str(self._write_passfile()), PGAPPNAME=spec.name)
             res = self.run_as.run(
                 [
                     self.bins.exe("pg_basebackup"), "-h", "127.0.0.1", "-p", str(prim.port),
@@ -501,7 +665,13 @@ class LocalCluster:
         and ``add_replica()`` makes a new replica whenever you want one. ``name`` becomes the
         writable primary; the other replicas follow it on the new timeline through new slots.
         Synchronous commit returns to async on the new primary.
+
+        If the old primary was not shut down cleanly (it had crashed, or would not stop), commits
+        it acknowledged in async mode may be lost: ``last_failover`` says so, with how many bytes
+        of WAL the promoted replica was behind when that can be known, and a warning is logged.
         """
+        check_timeout(timeout)
+        self.last_failover = None
         with self._locked():
             state = self._load()
             spec = self._spec(name, state)
@@ -512,12 +682,15 @@ class LocalCluster:
                 raise ClusterError(f"replica {name!r} is down; 'workbook up' (or add_replica({name!r})) first")
             old = self._primary_spec(state)
             old_node = self._node(old)
-            if old_node.running:
-                old_node.stop()
+            old_node.stop()  # also when its postmaster is gone already: its orphaned children are killed
+            with self._connect(spec) as conn:
+                received = conn.execute(
+                    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()
+            failover = self._judge_failover(old_node, name, [parse_lsn(x) for x in received])
             with self._connect(spec) as conn:
                 if conn.execute("SELECT pg_is_wal_replay_paused()").fetchone()[0]:
                     conn.execute("SELECT pg_wal_replay_resume()")
-                ok = conn.execute("SELECT pg_promote(true, %s)", (int(timeout),)).fetchone()[0]
+                ok = conn.execute("SELECT pg_promote(true, %s)", (max(1, int(timeout)),)).fetchone()[0]
                 if not ok:
                     raise ClusterError(f"replica {name!r} did not finish promotion within {timeout:.0f}s")
                 conn.execute("ALTER SYSTEM RESET primary_conninfo")
@@ -525,6 +698,9 @@ class LocalCluster:
                 conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
                 conn.execute("ALTER SYSTEM RESET synchronous_commit")
                 conn.execute("SELECT pg_reload_conf()")
+            self.last_failover = failover
+            if failover.warning:
+                log.warning(failover.warning)
             shutil.rmtree(old_node.root, ignore_errors=True)
             spec.role, spec.slot = "primary", None
             others = [s for s in self._specs(state) if s.role == "replica" and s.name != name]
@@ -534,6 +710,65 @@ class LocalCluster:
             for other in others:
                 self._follow(other, spec)
         return self.status()
+
+    def _controldata(self, node: Node) -> dict[str, str]:
+        """pg_controldata of a stopped node's data directory ({} when it cannot be read)."""
+        if not node.exists:
+            return {}
+        try:
+            res = self.run_as.run([self.bins.exe("pg_controldata"), "-D", str(node.datadir)], timeout=30,
+                                  env=dict(os.environ, LC_ALL="C"))  # fmt: skip
+        except (OSError, ValueError):
+            return {}
+        if res.returncode != 0:
+            return {}
+        out: dict[str, str] = {}
+        for line in res.stdout.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                out[key.strip()] = value.strip()
+        return out
+
+    def _judge_failover(self, old_node: Node, new: str, received: list[int | None]) -> Failover:
+        """Was the (stopped) old primary shut down cleanly; if not, how far behind was ``new``."""
+        control = self._controldata(old_node)
+        state = control.get("Database cluster state")
+        clean = None if state is None else state == "shut down"
+        if clean:
+            return Failover(old_node.name, new, True, state, 0, True)
+        have = max((x for x in received if x is not None), default=None)
+        if have is None:
+            return Failover(old_node.name, new, clean, state, None, False)
+        end = self._wal_end(old_node, control, have)
+        # the old primary wrote at least up to its latest checkpoint record
+        checkpoint = parse_lsn(control.get("Latest checkpoint location") or None)
+        if end is not None and (checkpoint is None or end >= checkpoint):
+            return Failover(old_node.name, new, clean, state, max(0, end - have), True)
+        if checkpoint is not None and checkpoint > have:
+            return Failover(old_node.name, new, clean, state, checkpoint - have, False)
+        return Failover(old_node.name, new, clean, state, None, False)
+
+    def _wal_end(self, old_node: Node, control: dict[str, str], start: int) -> int | None:
+        """Where the valid WAL on the old primary's disk ends, read from ``start`` with pg_waldump."""
+        tli = control.get("Latest checkpoint's TimeLineID")
+        if not tli or not tli.isdigit():
+            return None
+        lsn = f"{start >> 32:X}/{start & 0xFFFFFFFF:X}"
+        try:
+            res = self.run_as.run(
+                [self.bins.exe("pg_waldump"), "--quiet", "--path", str(old_node.datadir / "pg_wal"),
+                 "--timeline", tli, "--start", lsn],
+                timeout=60, env=dict(os.environ, LC_ALL="C"),
+            )  # fmt: skip
+        except (OSError, ValueError):
+            return None
+        text = res.stderr
+        if "could not find a valid record after" in text:
+            return start  # nothing valid past what the replica has
+        if "error in WAL record" not in text:
+            return None  # a missing segment, an unreadable file: unknown
+        found = [parse_lsn(m) for m in re.findall(r"\b([0-9A-F]+/[0-9A-F]+)\b", text)]
+        return max((x for x in found if x is not None), default=None)
 
     def _follow(self, replica: NodeSpec, primary: NodeSpec) -> None:
         """Point a replica at a (new) primary through a fresh slot; rebuild it if it cannot follow."""
@@ -545,8 +780,8 @@ class LocalCluster:
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (replica.slot,)).fetchone()
             if not exists:
                 conn.execute("SELECT pg_create_physical_replication_slot(%s)", (replica.slot,))
-        conninfo = psycopg.conninfo.make_conninfo(
-            host="127.0.0.1", port=str(primary.port), user=SUPERUSER, password=self._password(),
+        conninfo = psycopg.conninfo.make_conninfo(  # passfile, not password: the server logs this setting
+            host="127.0.0.1", port=str(primary.port), user=SUPERUSER, passfile=str(self._write_passfile()),
             application_name=replica.name,
         )
         node = self._node(replica)
@@ -667,6 +902,7 @@ class LocalCluster:
 
     def wait_caught_up(self, timeout: float = 30.0) -> None:
         """Wait until every running, unpaused replica has replayed the primary's current WAL."""
+        check_timeout(timeout)
         prim = self._primary_spec()
         with self._connect(prim.name) as conn:
             target_lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
@@ -687,6 +923,7 @@ def _env_port() -> int | None:
     if not raw:
         return None
     try:
-        return int(raw)
+        port = int(raw)
     except ValueError:
         raise ClusterError(f"WORKBOOK_PORT must be a port number, not {raw!r}") from None
+    return check_port(port, "WORKBOOK_PORT")

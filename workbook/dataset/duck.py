@@ -11,7 +11,9 @@ proves it: the DuckDB checksum equals the PostgreSQL one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,35 +67,91 @@ def _table_columns(conn: Any) -> dict[str, list[tuple[str, str]]]:
     return tables
 
 
-def to_duckdb(target: Target, path: str | os.PathLike[str], *, node: str = "primary") -> duckdb.DuckDBPyConnection:
-    """Copy the dataset loaded in ``target`` into the DuckDB file ``path`` (replacing it).
+def check_duckdb_path(
+    path: str | os.PathLike[str], *, force: bool = False, protected: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """``path`` made absolute, if a DuckDB copy may be written there; else a one-line WorkbookError.
 
-    Returns an open DuckDB connection to the copy. Works on read-only targets (it only reads).
+    Refused: a folder, a missing or non-folder parent, a folder this process cannot write, an
+    existing file unless ``force``, and any place inside a ``protected`` folder (the workbook
+    home's ``secrets/``: the CLI passes it, and the default home's is always protected).
+    """
+    from ..cluster._local import default_home
+
+    raw = os.fspath(path)
+    if not isinstance(raw, str) or not raw.strip():
+        raise WorkbookError("the DuckDB path is empty; give a file name such as ai_app.duckdb")
+    given = Path(raw).expanduser()
+    where = given.absolute()
+    real = where.parent.resolve() / where.name
+    for folder in (*protected, default_home() / "secrets"):
+        guarded = Path(folder).expanduser().absolute().resolve()
+        if real == guarded or guarded in real.parents:
+            raise WorkbookError(
+                f"refusing to write the DuckDB copy {raw!r} into the workbook's secrets folder "
+                f"{str(guarded)!r}; choose another path"
+            )
+    if where.is_dir():
+        raise WorkbookError(f"the DuckDB path {raw!r} is a folder; give a file name such as ai_app.duckdb")
+    folder = where.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise WorkbookError(f"cannot write {raw!r}: folder {str(folder)!r} {what}; create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WorkbookError(f"cannot write {raw!r}: folder {str(folder)!r} is not writable; choose another path")
+    if (where.exists() or where.is_symlink()) and not force:
+        raise WorkbookError(f"{raw!r} already exists; pass --force (force=True) to replace it, or choose another path")
+    return where
+
+
+def to_duckdb(
+    target: Target,
+    path: str | os.PathLike[str],
+    *,
+    node: str = "primary",
+    force: bool = False,
+    protected: Iterable[str | os.PathLike[str]] = (),
+) -> duckdb.DuckDBPyConnection:
+    """Copy the dataset loaded in ``target`` into the DuckDB file ``path``.
+
+    An existing ``path`` is replaced only with ``force=True``; see :func:`check_duckdb_path` for
+    what else is refused (before anything is read). The copy is built in a temporary folder next
+    to ``path`` and renamed into place at the end, so ``path`` appears whole or not at all, and
+    nothing temporary is left behind by a failure or an interrupt. Returns an open DuckDB
+    connection to the copy. Works on read-only targets (it only reads).
     """
     import duckdb
 
-    path = Path(path)
-    with target.connect(node) as conn:
-        info = dataset_info(conn)
-        if info is None:
-            raise WorkbookError("no dataset is loaded in this target; run `workbook load` first")
-        tables = _table_columns(conn)
-        conn.execute("SET TIME ZONE 'UTC'")
-        tmp_path = path.with_name(path.name + ".tmp")
-        tmp_path.unlink(missing_ok=True)
-        duck = duckdb.connect(str(tmp_path))
-        try:
-            duck.execute(f'CREATE SCHEMA "{SCHEMA}"')
-            for table, columns in tables.items():
-                _copy_table(conn, duck, table, columns, path.parent)
-            duck.execute(
-                f'CREATE TABLE "{SCHEMA}"."{INFO_TABLE}" AS SELECT ? AS seed, ? AS scale, ? AS generator_version',
-                [info.seed, info.scale, info.generator_version],
-            )
-            duck.execute("CHECKPOINT")
-        finally:
-            duck.close()
-    os.replace(tmp_path, path)  # the copy appears whole or not at all
+    path = check_duckdb_path(path, force=force, protected=protected)
+    try:  # also the real test that the folder takes new files
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".workbook-tmp", dir=path.parent))
+    except OSError as exc:
+        raise WorkbookError(f"cannot write in {str(path.parent)!r}: {exc.strerror}; choose another path") from None
+    try:
+        tmp_path = work / "copy.duckdb"
+        with target.connect(node) as conn:
+            info = dataset_info(conn)
+            if info is None:
+                raise WorkbookError("no dataset is loaded in this target; run `workbook load` first")
+            tables = _table_columns(conn)
+            conn.execute("SET TIME ZONE 'UTC'")
+            duck = duckdb.connect(str(tmp_path))
+            try:
+                duck.execute(f'CREATE SCHEMA "{SCHEMA}"')
+                for table, columns in tables.items():
+                    _copy_table(conn, duck, table, columns, work)
+                duck.execute(
+                    f'CREATE TABLE "{SCHEMA}"."{INFO_TABLE}" AS SELECT ? AS seed, ? AS scale, ? AS generator_version',
+                    [info.seed, info.scale, info.generator_version],
+                )
+                duck.execute("CHECKPOINT")
+            finally:
+                duck.close()
+        if path.is_dir():  # made meanwhile: os.replace would fail on it anyway
+            raise WorkbookError(f"the DuckDB path {str(path)!r} became a folder; give a file name")
+        os.replace(tmp_path, path)  # the copy appears whole or not at all
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return duckdb.connect(str(path))
 
 

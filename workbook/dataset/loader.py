@@ -155,8 +155,21 @@ def copy_statement(stream: TableStream) -> sql.Composed:
     )
 
 
-def _failed(exc: BaseException) -> WorkbookError:
-    return WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {exc}")
+def _failed(exc: BaseException, target: Target) -> WorkbookError:
+    """The one error a failed load raises; it says so when the failure was the server going down."""
+    from ..cluster.target import redact_text
+
+    reason = redact_text(" ".join(str(exc).split()), *(e.dsn for e in target.endpoints))
+    try:
+        with target.connect(connect_timeout=3):
+            pass
+    except WorkbookError:  # the server itself is gone, not only this load's session
+        start = "run 'workbook up'" if target.kind == "local" else "start the server again"
+        return WorkbookError(
+            f"loading the dataset failed: the server is down ({reason}); the loaded dataset is unchanged "
+            f"(the next load drops what this one staged); {start}, then load again"
+        )
+    return WorkbookError(f"loading the dataset failed and changed nothing (rolled back): {reason}")
 
 
 class _Stopped(Exception):
@@ -244,7 +257,7 @@ class _Load:
                 report(*update)
         error = self.board.error
         if isinstance(error, (psycopg.Error, WorkbookError)):
-            raise _failed(error) from error
+            raise _failed(error, self.target) from error
         if error is not None:
             raise error
 
@@ -366,7 +379,7 @@ def load(
     except BaseException as exc:
         job.abandon(exc)
         if isinstance(exc, psycopg.Error):
-            raise _failed(exc) from exc
+            raise _failed(exc, target) from exc
         raise
     finally:
         if bar is not None:
