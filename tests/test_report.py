@@ -24,11 +24,30 @@ def report(lab: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     out = tmp_path_factory.mktemp("report") / "report.html"
     with lab.target().connect() as conn:
         before = catalog_snapshot(conn)
-    r = run_cli("--home", str(lab.home), "report", "--out", str(out), "--repeats", "8", timeout=600)
+    r = run_cli("--home", str(lab.home), "report", "--out", str(out), "--repeats", "8", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     with lab.target().connect() as conn:
-        assert catalog_snapshot(conn) == before, "the suite changes nothing in the database"
-    yield out, r.stdout + r.stderr
+        assert catalog_snapshot(conn) == before, "the lessons change nothing in the database"
+    yield out, r.stdout
+
+
+def test_report_json_has_every_default_lesson_and_its_named_figures(report: tuple[Path, str]) -> None:
+    import json
+
+    from workbook.lessons import DEFAULT
+
+    path, stdout = report
+    out = json.loads(stdout)
+    assert out["out"] == str(path) and list(out["lessons"]) == list(DEFAULT)
+    for name, lesson in out["lessons"].items():
+        assert lesson["seconds"] > 0 and lesson["figures"], name
+    indexes = out["lessons"]["indexes"]["figures"]
+    fk = indexes["comparisons"]["messages_conversation_created"]
+    assert {"speedup", "ci_low", "ci_high", "write_cost", "write_cost_ci_low", "write_cost_ci_high"} <= set(fk)
+    assert fk["ci_low"] <= fk["speedup"] <= fk["ci_high"] and fk["verdict"] == "faster"
+    assert set(indexes["recommended"]) <= set(indexes["comparisons"]) and indexes["recommended"]
+    pages = out["lessons"]["planner"]["figures"]["keyset_vs_offset"]
+    assert set(pages) == {"1", "10", "100"} and all({"speedup", "ci_low", "ci_high"} <= set(p) for p in pages.values())
 
 
 def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Path, str], lab: LocalCluster) -> None:
@@ -37,15 +56,17 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     with lab.target().connect() as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
     assert f"PostgreSQL {version}" in text and "checksum" in text and "scale 0.05" in text
+    assert len(re.findall(r"<section class='lesson'", text)) == 3 and "<h2>Contents</h2>" in text
     sections = re.findall(r"<section class='experiment'", text)
-    assert len(sections) == 10
-    assert text.count("95% CI") >= 10 and "faster, 95% CI" in text
+    assert len(sections) == 17  # indexes 5, jsonb 5, planner 7 (three page depths)
+    assert text.count("95% CI") >= 17 and "faster, 95% CI" in text
     assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text
     assert "Index Scan using messages_conversation_created" in text
     assert "class='mis'" in text, "misestimates are marked in the plan tables"
     assert "seq_scan_selective_filter" in text
     assert "recommended DDL" in text and "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
-    assert "<script" not in text and not re.search(r"(src|href)=['\"]https?://", text), "nothing to fetch"
+    assert "<script" not in text and "<link" not in text and not re.search(r"src=['\"]https?://", text), "nothing to fetch"
+    assert "href='https://www.postgresql.org/docs/current/indexes-multicolumn.html'" in text, "references are links"
 
 
 _CLIPPED_TEXT = """() => {
@@ -84,7 +105,7 @@ def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tupl
             page.goto(path.as_uri())
             page.wait_for_load_state("load")
             sections = page.locator("section.experiment")
-            assert sections.count() == 10
+            assert sections.count() == 17
             for i in range(sections.count()):
                 svgs = sections.nth(i).locator("svg")
                 assert svgs.count() >= 3, f"experiment {i + 1}: before/after, latency and plan charts"
@@ -111,24 +132,26 @@ def test_report_never_contains_a_password(report: tuple[Path, str], lab: LocalCl
     dsn = lab.target().primary.dsn
     assert password in dsn
     r = run_cli("--home", str(tmp_path / "home"), "--dsn", dsn, "--allow-writes", "report", "--out", str(out),
-                "--shapes", "conversation_latest_messages", "--repeats", "5", timeout=300)  # fmt: skip
+                "--lessons", "jsonb", "--repeats", "5", timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert password not in out.read_text() and password not in r.stdout + r.stderr
-    assert out.read_text().count("<section class='experiment'") == 2
+    assert out.read_text().count("<section class='experiment'") == 5  # the jsonb lesson's comparisons
 
 
 def test_lab_report_from_chosen_runs(lab: LocalCluster, tmp_path: Path) -> None:
     wb = open_lab(home=lab.home, progress=False)
     c = wb.compare("audit_by_actor", wb.what_if("audit_actor_time"), repeats=5)
+    d = wb.compare("usage_per_org_per_day", wb.what_if("usage_events_org_time"), repeats=5)
     out = wb.report(tmp_path / "one.html", [c])
     text = out.read_text()
     assert text.count("<section class='experiment'") == 1 and "audit_by_actor" in text
-    assert wb.report(tmp_path / "all.html").read_text().count("<section class='experiment'") > 1
+    both = wb.report(tmp_path / "both.html", [c, d]).read_text()
+    assert both.count("<section class='experiment'") == 2 and "usage_per_org_per_day" in both
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["report", "--shapes", "nope"], "no experiment in the suite"), (["report", "--scale", "0"], "scale")],
+    [(["report", "--lessons", "nope"], "no lesson 'nope'"), (["report", "--scale", "0"], "scale")],
 )
 def test_report_bad_arguments(lab: LocalCluster, tmp_path: Path, args: list[str], message: str) -> None:
     r = run_cli("--home", str(lab.home), *args, "--out", str(tmp_path / "x.html"))

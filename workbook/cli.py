@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import WorkbookError
 
@@ -29,8 +29,18 @@ REPEATS_RANGE = (2, 10_000)
 SEED_MAX = 2**31 - 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the one-line ``error: ...`` every other error is."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see '{self.prog} --help'"
+        if "expected one argument" in message:  # the value starts with '-' (e.g. SQL opening with a comment)
+            hint = "a value that starts with '-' goes after '=', e.g. --sql='-- comment ...'; " + hint
+        raise WorkbookError(f"{message}; {hint}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="workbook",
         description="The AI-app database optimization workbook: a real PostgreSQL to measure on.",
     )
@@ -101,8 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the main job: cluster, dataset if missing, a standard suite of experiments, one HTML report")
     rp.add_argument("--out", default="report.html", help="where to write the report (default report.html)")
     rp.add_argument("--scale", type=float, default=None, help="scale if the dataset must be loaded (default $WORKBOOK_SCALE or 0.05)")
-    rp.add_argument("--shapes", nargs="+", default=None, metavar="SHAPE", help="only the suite's experiments on these shapes")
+    rp.add_argument("--lessons", default=None, metavar="NAMES",
+                    help="comma-separated lessons to run (indexes,jsonb,planner) or 'all'; default: the set that "
+                         "finishes in about a minute at the default scale")
     rp.add_argument("--repeats", type=int, default=20, help="timed repetitions per side (default 20)")
+    rp.add_argument("--json", action="store_true",
+                    help='print {"lessons": {NAME: {"figures": {...}, "seconds": S}}, "out": PATH} on stdout')
     rp.add_argument("--quiet", action="store_true")
 
     ad = sub.add_parser("advise", help="propose indexes for a query and verify each by a what-if measurement")
@@ -134,6 +148,32 @@ def _external_target(args: argparse.Namespace) -> Any:
     if replicas is None:
         replicas = os.environ.get("WORKBOOK_REPLICA_DSNS", "").split()
     return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes)
+
+
+def _measuring_target(args: argparse.Namespace) -> Any:
+    """The target a measuring command uses, after dropping (local) or reporting (external) the
+    indexes a killed run left behind: they would skew every verdict."""
+    from .experiment.leftovers import sweep_leftovers
+
+    target = _external_target(args) or _cluster(args).target()
+    sweep_leftovers(target, say=lambda line: print(line, file=sys.stderr))
+    return target
+
+
+def _print_leftovers(target: Any) -> list[Any]:
+    """List (never drop) what killed runs left; [] when the primary cannot be reached."""
+    from .errors import ConnectionFailed
+    from .experiment.leftovers import find_leftovers
+
+    try:
+        with target.connect() as conn:
+            found = find_leftovers(conn)
+    except ConnectionFailed:
+        return []
+    for item in found:
+        print(f"note: {item.describe()} was left behind by a killed run; the next explain/compare/advise/report "
+              f"{'drops it' if target.kind == 'local' else 'reports it'}", file=sys.stderr)  # fmt: skip
+    return found
 
 
 def _cluster(args: argparse.Namespace) -> Any:
@@ -179,8 +219,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     target = _external_target(args)
     if target is not None:
         _print_status(target.status(), args.json, "external")
+        _print_leftovers(target)
         return 0
-    _print_status(_cluster(args).status(), args.json, "local")
+    cluster = _cluster(args)
+    nodes = cluster.status()
+    _print_status(nodes, args.json, "local")
+    if nodes and nodes[0].pid is not None:
+        _print_leftovers(cluster.target())
     return 0
 
 
@@ -315,6 +360,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         if info is None:
             raise WorkbookError("no dataset is loaded; run `workbook load --scale 0.1` first" + (f" ({leftover})" if leftover else ""))
         out: dict[str, Any] = info.as_dict()
+        from .experiment.leftovers import find_leftovers
+
+        out["leftovers"] = [x.as_dict() for x in find_leftovers(conn)]
         if stale is not None:
             out["stale_staging_bytes"] = stale
         if args.checksum:
@@ -334,6 +382,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             print(f"{key}: {out[key]}")
     if leftover:
         print(f"note: {leftover}")
+    for x in out["leftovers"]:
+        print(f"note: {x['kind']} {x['schema']}.{x['name']} on {x['table']} was left behind by a killed run "
+              f"({x['built_by']}); the next explain/compare/advise/report drops it on the local cluster")  # fmt: skip
     return 0
 
 
@@ -357,7 +408,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     qs = shape(args.shape)
     variant = qs.variant(args.variant)
-    target = _external_target(args) or _cluster(args).target()
+    target = _measuring_target(args)
     with target.connect() as conn:
         plan, params = explain_shape(conn, qs, variant.name, tier=args.tier)
     found = findings(plan)
@@ -408,7 +459,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise WorkbookError("nothing to compare: give --index NAME, --set NAME=VALUE or --against VARIANT")
     if args.repeats < 2:
         raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
-    target = _external_target(args) or _cluster(args).target()
+    target = _measuring_target(args)
     treatment = Arm(" + ".join(k.label for k in knobs), args.variant, tuple(knobs))
     result = compare(target, qs, treatment, Arm("baseline", args.variant), tier=args.tier, repeats=args.repeats,
                      store=_store(args))  # fmt: skip
@@ -432,21 +483,25 @@ def _writable_file(path: Path) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .dataset import Generator
-    from .report import main_job
+    from .lab import main_job
+    from .lessons import chosen
 
     if args.scale is not None:
         Generator(42, args.scale)  # a bad scale is refused before anything starts
     if args.repeats < 2:
         raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
-    _writable_file(Path(args.out))  # refused now, not after the suite has run
-    if args.dsn:
-        target = _external_target(args)  # validates the DSN (redacted errors)
+    chosen(args.lessons)  # an unknown lesson is refused before anything starts
+    _writable_file(Path(args.out))  # refused now, not after the lessons have run
+    target = _external_target(args)  # validates the DSN (redacted errors); None: the local cluster
+    if target is not None:
         target.require_writes("the report's what-if experiments (all rolled back)")
-        os.environ["WORKBOOK_DSN"] = args.dsn
-        os.environ["WORKBOOK_ALLOW_WRITES"] = "1" if args.allow_writes else "0"
-    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    path, phases = main_job(args.out, home=args.home, scale=args.scale, shapes=args.shapes, repeats=args.repeats,
-                            progress=say)  # fmt: skip
+    say = None if args.quiet or args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    path, phases, results = main_job(args.out, home=args.home, target=target, scale=args.scale,
+                                     lessons=args.lessons, repeats=args.repeats, progress=say)  # fmt: skip
+    if args.json:
+        out = {"lessons": {r.name: r.as_dict() for r in results}, "out": str(path)}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
     print(f"wrote {path} ({', '.join(f'{k} {v:.1f} s' for k, v in phases.items())})")
     return 0
 
@@ -454,7 +509,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from .experiment import advise
 
-    target = _external_target(args) or _cluster(args).target()
+    target = _measuring_target(args)
     advice = advise(target, args.sql, repeats=args.repeats, measure_write_cost=not args.no_write_cost)
     if args.json:
         print(json.dumps(advice.as_dict(), indent=2, default=str))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .cluster.target import Target
     from .dataset import DatasetInfo, IndexSpec, QueryShape
     from .experiment import Comparison, Knob, Plan
+    from .lessons import LessonResult, LessonRun
     from .results import ResultsStore
     from .ui.panels import DatasetPanel, ExperimentPanel
 
@@ -47,6 +48,7 @@ class Lab:
     store: ResultsStore
     home: Path
     info: DatasetInfo | None = field(default=None, repr=False)
+    repeats: int = 30  # timed repetitions per side of each comparison the lab runs
 
     # ---- the dataset ------------------------------------------------------------------
     def shape(self, name: str) -> QueryShape:
@@ -105,9 +107,11 @@ class Lab:
             return explain_shape(conn, shape, variant, tier=tier)[0]
 
     def compare(self, shape: str, treatment: Any, baseline: Any = None, **kwargs: Any) -> Comparison:
-        """:func:`workbook.experiment.compare` on this lab's target, stored in its results."""
+        """:func:`workbook.experiment.compare` on this lab's target, stored in its results
+        (``repeats`` defaults to the lab's)."""
         from .experiment import compare
 
+        kwargs.setdefault("repeats", self.repeats)
         return compare(self.target, shape, treatment, baseline, store=self.store, **kwargs)
 
     def what_if(self, index: str) -> Knob:
@@ -115,13 +119,35 @@ class Lab:
 
         return WhatIfIndex(self.index(index))
 
-    # ---- reports ---------------------------------------------------------------------------
-    def report(self, path: str | os.PathLike[str], comparisons: list[Any] | None = None, *, title: str | None = None) -> Path:
-        """Write one self-contained HTML report of the stored comparisons (all, or those given)."""
-        from .report import write_report
+    # ---- lessons ---------------------------------------------------------------------------
+    def lesson(self, name: str) -> LessonRun:
+        """Start lesson ``name`` on this lab: ``run.step(NAME)`` one cell at a time, ``run.result()`` at the end."""
+        from .lessons import lesson
 
+        return lesson(name).start(self)
+
+    # ---- reports ---------------------------------------------------------------------------
+    def report(self, path: str | os.PathLike[str], comparisons: list[Any] | None = None, *, title: str | None = None,
+               lessons: str | list[str] | None = None, progress: Any = None) -> Path:  # fmt: skip
+        """Write one self-contained HTML report.
+
+        ``lessons`` (names, or ``"all"``): run those lessons and report them, as ``workbook report
+        --lessons`` does. Otherwise: the stored comparisons (all, or those given).
+        """
+        from .report import render_lessons, write_html, write_report
+
+        dsns = [e.dsn for e in self.target.endpoints]
+        if lessons is not None:
+            results = self.run_lessons(lessons, progress=progress)
+            return write_html(render_lessons(results, title=title or "Database optimization report", dsns=dsns), path)
         ids = None if comparisons is None else [c if isinstance(c, str) else c.comparison_id for c in comparisons]
-        return write_report(self.store, path, ids=ids, title=title, dsns=[e.dsn for e in self.target.endpoints])
+        return write_report(self.store, path, ids=ids, title=title, dsns=dsns)
+
+    def run_lessons(self, names: str | list[str] | None = None, *, progress: Any = None) -> list[LessonResult]:
+        """Run the named lessons (default: the report's default set) and return their results."""
+        from .lessons import chosen
+
+        return [lesson.run(self, progress=progress) for lesson in chosen(names)]
 
     # ---- panels ---------------------------------------------------------------------------
     def panel(self, shape: str) -> ExperimentPanel:
@@ -135,8 +161,10 @@ class Lab:
         return DatasetPanel(self)
 
 
-def attach_lab(*, home: str | os.PathLike[str] | None = None, replicas: int | None = None) -> Lab:
-    """Start or attach to the cluster (or use ``WORKBOOK_DSN``) and return the Lab; loads nothing."""
+def attach_lab(
+    *, home: str | os.PathLike[str] | None = None, replicas: int | None = None, target: Target | None = None
+) -> Lab:
+    """Start or attach to the cluster (or use ``target``, or ``WORKBOOK_DSN``) and return the Lab; loads nothing."""
     from .cluster import LocalCluster, Target
     from .cluster._local import resolve_home
     from .dataset import dataset_info
@@ -145,7 +173,9 @@ def attach_lab(*, home: str | os.PathLike[str] | None = None, replicas: int | No
 
     root = resolve_home(home)
     dsn = os.environ.get("WORKBOOK_DSN")
-    if dsn:
+    if target is not None:
+        pass
+    elif dsn:
         target = Target.from_dsn(dsn, os.environ.get("WORKBOOK_REPLICA_DSNS", "").split(),
                                  allow_writes=os.environ.get("WORKBOOK_ALLOW_WRITES") == "1")  # fmt: skip
     else:
@@ -175,3 +205,40 @@ def open_lab(
     lab = attach_lab(home=home, replicas=replicas)
     lab.ensure_dataset(scale, seed, progress=progress)
     return lab
+
+
+def main_job(
+    out: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None, target: Target | None = None,
+    scale: float | None = None, lessons: str | list[str] | None = None, repeats: int = 30,
+    progress: Any = None,
+) -> tuple[Path, dict[str, float], list[LessonResult]]:  # fmt: skip
+    """``workbook report``: cluster (or ``target``), dataset if missing, the lessons, the HTML.
+
+    Returns the path, the seconds of each phase, and the lessons' results.
+    """
+    import time
+
+    from .lessons import chosen
+    from .report import render_lessons, write_html
+
+    say = progress or (lambda _: None)
+    picked = chosen(lessons)  # an unknown lesson is refused before anything starts
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    say("cluster: starting or attaching")
+    lab = attach_lab(home=home, target=target)
+    lab.repeats = repeats
+    phases["cluster"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    say("dataset: loading if missing")
+    lab.ensure_dataset(scale, progress=False)
+    phases["load"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    results = [lesson.run(lab, progress=say) for lesson in picked]
+    phases["lessons"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    text = render_lessons(results, dsns=[e.dsn for e in lab.target.endpoints], timings=phases)
+    path = write_html(text, out)
+    phases["render"] = time.perf_counter() - t3
+    say(f"report: {path}")
+    return path, phases, results

@@ -2,6 +2,7 @@
 
 from .advise import Advice, Candidate, advise
 from .costs import index_costs
+from .distortion import clock_distortion
 from .findings import Finding, findings
 from .leftovers import Leftover, find_leftovers, sweep_leftovers
 from .knobs import Index, IndexCost, Knob, Setting, Statistics, StatisticsTarget, Variant, WhatIfIndex
@@ -12,6 +13,6 @@ from .timing import Verdict, bootstrap_ratio, time_interleaved, verdict
 __all__ = [
     "Advice", "Arm", "Candidate", "Comparison", "Finding", "Index", "IndexCost", "Knob", "Leftover", "Plan", "PlanNode",
     "QueryFailed", "Run", "Setting", "Statistics", "StatisticsTarget", "Variant", "Verdict", "WhatIfIndex",
-    "advise", "bootstrap_ratio", "compare", "context", "explain", "explain_shape", "find_leftovers", "findings", "index_costs", "measure",
+    "advise", "bootstrap_ratio", "clock_distortion", "compare", "context", "explain", "explain_shape", "find_leftovers", "findings", "index_costs", "measure",
     "parse_plan", "run_shape", "sweep_leftovers", "time_interleaved", "verdict",
 ]

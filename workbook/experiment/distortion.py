@@ -14,8 +14,11 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from ..errors import WorkbookError
 from ..statement import StatementRefused, check_statement, fetch_rows, reads_only
+from .plan import QueryFailed, _server_message
 from .timing import median
 
 if TYPE_CHECKING:
@@ -30,12 +33,13 @@ MODES = {
 }
 
 
-def clock_distortion(target: Target, sql: str, params: Any = None, *, repeats: int = 9) -> pd.DataFrame:
+def clock_distortion(
+    target: Target, sql: str, params: Any = None, *, repeats: int = 9, timeout_s: float = 60.0
+) -> pd.DataFrame:
     """Median milliseconds of ``sql`` per mode, and each mode's ratio to plain execution.
 
     ``sql`` must be one read (it runs for real, many times, in a read-only session).
     """
-    import numpy as np
     import pandas as pd
 
     stmt = check_statement(sql, what="the statement to time")
@@ -43,12 +47,27 @@ def clock_distortion(target: Target, sql: str, params: Any = None, *, repeats: i
         raise StatementRefused(f"clock_distortion() times reads only, and this statement writes ({stmt.why_write})")
     if repeats < 1:
         raise WorkbookError(f"repeats must be at least 1, got {repeats!r}")
-    sql = stmt.text
+    if timeout_s <= 0:
+        raise WorkbookError(f"timeout_s must be positive, got {timeout_s!r}")
+    try:
+        samples = _sample(target, stmt.text, params, repeats, timeout_s)
+    except psycopg.errors.QueryCanceled as exc:
+        raise QueryFailed(f"the statement ran past the {timeout_s:g} s statement timeout and was cancelled") from exc
+    except psycopg.Error as exc:
+        raise QueryFailed(f"the server rejected the statement (nothing changed): {_server_message(exc)}") from exc
+    plain = median(samples["plain execution"])
+    return pd.DataFrame(
+        [{"mode": m, "median_ms": median(v), "vs_plain": median(v) / plain, "runs": len(v)} for m, v in samples.items()]
+    )
+
+
+def _sample(target: Target, sql: str, params: Any, repeats: int, timeout_s: float) -> dict[str, list[float]]:
+    import numpy as np
 
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     rng = np.random.default_rng(0)
     names = list(MODES)
-    with target.connect() as conn, reads_only(conn):
+    with target.connect(options=f"-c statement_timeout={max(1, int(timeout_s * 1000))}") as conn, reads_only(conn):
         fetch_rows(conn, sql, params)  # warm-up
         for _ in range(repeats):
             for i in rng.permutation(len(names)):
@@ -62,7 +81,4 @@ def clock_distortion(target: Target, sql: str, params: Any = None, *, repeats: i
                     doc = fetch_rows(conn, prefix + sql, params)[0][0]
                     doc = json.loads(doc) if isinstance(doc, str) else doc
                     samples[mode].append(float(doc[0]["Execution Time"]))
-    plain = median(samples["plain execution"])
-    return pd.DataFrame(
-        [{"mode": m, "median_ms": median(v), "vs_plain": median(v) / plain, "runs": len(v)} for m, v in samples.items()]
-    )
+    return samples

@@ -265,15 +265,20 @@ def measure(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    params: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[Run], bool]:
     """Measure each arm; returns the runs and whether they were interleaved.
 
     ``param_sets`` parameter sets are drawn for ``tier`` and cycled identically in every arm.
     ``client`` is what a timed call includes (:func:`shape_runner`): ``"libpq"`` the database
     and the wire, ``"psycopg"`` also the Python driver's work. Runs are stored in ``store`` when
-    one is given (as single runs; :func:`compare` stores its own as a comparison).
+    one is given (as single runs; :func:`compare` stores its own as a comparison). ``params``
+    gives the parameter sets instead of sampling them (e.g. one page depth of a pagination shape).
     """
     qs = _as_shape(qs)
+    given = list(params) if params is not None else None
+    if given is not None and not given:
+        raise WorkbookError("params is empty: give at least one parameter set, or None to sample them")
     if repeats < 2:
         raise WorkbookError(f"repeats must be at least 2 (a median and an interval need samples), got {repeats!r}")
     if client not in CLIENTS:
@@ -304,7 +309,7 @@ def measure(
                 conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
                 conns.append(conn)
             with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
-                params = [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
+                params = [dict(p) for p in given] if given else [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
                 ctx = context(aux, target, store)
                 ctx["client"] = client
             runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]

@@ -1,6 +1,5 @@
-"""Reports: one self-contained HTML file of measured comparisons, and the suite ``workbook report`` runs."""
+"""Reports: one self-contained HTML file, as a composition of lessons or of stored comparisons."""
 
-from .html import comparisons_from_store, render, write_report
-from .suite import SUITE, Experiment, main_job, run_suite
+from .html import comparisons_from_store, render, render_lessons, write_html, write_report
 
-__all__ = ["SUITE", "Experiment", "comparisons_from_store", "main_job", "render", "run_suite", "write_report"]
+__all__ = ["comparisons_from_store", "render", "render_lessons", "write_html", "write_report"]

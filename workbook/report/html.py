@@ -29,6 +29,7 @@ h1 { margin-bottom: 0; } .sub { color: #666; margin-top: .2em; }
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 section.experiment { border-top: 2px solid #1f77b4; margin-top: 2em; padding-top: .5em; }
+section.lesson { border-top: 4px solid #444; margin-top: 3em; } .claim { font-size: 1.1em; font-style: italic; }
 .verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
 pre { padding: 8px; overflow-x: auto; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
@@ -168,11 +169,73 @@ def render(comps: list[Comparison], *, title: str = "Database optimization repor
     return redact_text(doc, *(dsns or []))
 
 
-def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None = None, title: str | None = None,
-                 dsns: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
-    """Write the report of the stored comparisons (all, or ``ids``) to ``path``; return it."""
-    comps = comparisons_from_store(store, ids)
-    text = render(comps, title=title or "Database optimization report", dsns=dsns, timings=timings)
+def _flat(figures: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(figures, dict):
+        return [row for k, v in figures.items() for row in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(figures, list):
+        return [(prefix, ", ".join(map(str, figures)) or "(none)")]
+    return [(prefix, figures)]
+
+
+def _output(label: str, value: Any, counter: list[int]) -> str:
+    """One measured object of a lesson step, as HTML."""
+    import pandas as pd
+
+    head = f"<h3>{html.escape(label)}</h3>" if label else ""
+    if isinstance(value, Comparison):
+        counter[0] += 1
+        return _experiment(value, counter[0])
+    if isinstance(value, Plan):
+        return f"{head}<p><code>{html.escape(value.summary())}</code></p>{_plan_table(value)}"
+    if isinstance(value, pd.DataFrame):
+        return head + value.to_html(index=False, border=0, float_format=lambda x: f"{x:,.4g}")
+    return f"{head}<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
+
+
+def render_lessons(results: list[Any], *, title: str = "Database optimization report", dsns: list[str] | None = None,
+                   timings: dict[str, float] | None = None) -> str:  # fmt: skip
+    """The report as a composition of lessons: contents, then one section per lesson (its claim, its
+    figures, and every step's measurements in the order its notebook runs them)."""
+    from ..lessons._lesson import walk
+
+    if not results:
+        raise WorkbookError("nothing to report: no lesson was run")
+    comps = [c for r in results for c in r.comparisons]
+    toc = "".join(f"<li><a href='#lesson-{html.escape(r.name)}'>{html.escape(r.lesson.title)}</a> "
+                  f"({r.seconds:.1f} s)</li>" for r in results)  # fmt: skip
+    phases = ""
+    if timings:
+        phases = "<p class='sub'>" + ", ".join(f"{html.escape(k)} {v:.1f} s" for k, v in timings.items()) + "</p>"
+    counter = [0]
+    sections = []
+    for r in results:
+        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(str(v))}</td></tr>"
+                       for k, v in _flat(r.figures))  # fmt: skip
+        parts = [f"<section class='lesson' id='lesson-{html.escape(r.name)}'><h1>{html.escape(r.lesson.title)}</h1>",
+                 f"<p class='claim'>{html.escape(r.lesson.claim)}</p>",
+                 f"<details><summary>figures ({html.escape(r.name)})</summary><table>{figs}</table></details>"]  # fmt: skip
+        for step in r.lesson.steps:
+            parts.append(f"<h2>{html.escape(step.title)}</h2><p>{html.escape(step.text)}</p>")
+            parts += [_output(label, value, counter) for label, value in walk(r.outputs.get(step.name))]
+        refs = "".join(f"<li><a href='{html.escape(u)}'>{html.escape(t)}</a></li>" for t, u in r.lesson.references)
+        if refs:
+            parts.append(f"<h2>References</h2><ul>{refs}</ul>")
+        parts.append("</section>")
+        sections.append("\n".join(parts))
+    body = (
+        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} "
+        f"from {len(results)} lessons, {len(comps)} measured comparisons</p>{phases}"
+        f"<h2>Contents</h2><ol>{toc}</ol>"
+        + ("<h2>Environment</h2>" + _environment(comps) if comps else "")
+        + "\n".join(sections)
+    )  # fmt: skip
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>{body}</body></html>")  # fmt: skip
+    return redact_text(doc, *(dsns or []))
+
+
+def write_html(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, renamed); one-line errors."""
     out = Path(path)
     tmp = out.with_suffix(out.suffix + ".tmp")
     try:
@@ -183,3 +246,11 @@ def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None
         tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         raise WorkbookError(f"cannot write the report to {str(out)!r}: {exc.strerror or exc}") from None
     return out
+
+
+def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None = None, title: str | None = None,
+                 dsns: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
+    """Write the report of the stored comparisons (all, or ``ids``) to ``path``; return it."""
+    comps = comparisons_from_store(store, ids)
+    text = render(comps, title=title or "Database optimization report", dsns=dsns, timings=timings)
+    return write_html(text, path)

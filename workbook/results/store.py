@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS comparisons (
     extra JSON,
     context JSON
 );
+CREATE TABLE IF NOT EXISTS lessons (
+    lesson_run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    lesson VARCHAR NOT NULL,
+    source VARCHAR,            -- 'notebook' (steps one cell at a time) or 'run' (report, CLI)
+    seconds DOUBLE,
+    figures JSON,
+    comparison_ids JSON
+);
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key VARCHAR PRIMARY KEY,  -- server system identifier + load time
     checksum VARCHAR NOT NULL,
@@ -159,6 +168,28 @@ class ResultsStore:
                     encode(comparison, COMPARISON_COLUMNS),
                 )
             con.execute("COMMIT")
+
+    def append_lesson(self, record: dict[str, Any]) -> None:
+        """Store one lesson's result: its figures and the comparisons it measured."""
+        columns = ("lesson_run_id", "created_at", "lesson", "source", "seconds", "figures", "comparison_ids")
+        values = [json.dumps(record.get(c), default=str) if c in ("figures", "comparison_ids") else record.get(c)
+                  for c in columns]  # fmt: skip
+        with self._connect(write=True) as con:
+            con.execute(f"INSERT INTO lessons ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", values)
+
+    def lessons(self) -> pd.DataFrame:
+        """Every stored lesson result, oldest first (``figures`` decoded to dicts)."""
+        import pandas as pd
+
+        if not self.path.exists():
+            return pd.DataFrame()
+        with self._connect(write=False) as con:
+            if not _has_table(con, "lessons"):
+                return pd.DataFrame()
+            df = con.execute("SELECT * FROM lessons ORDER BY created_at").df()
+        for c in ("figures", "comparison_ids"):
+            df[c] = df[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        return df
 
     def cached_checksum(self, key: str, compute: Callable[[], str]) -> str:
         """The dataset checksum stored under ``key``, computing and storing it the first time."""
