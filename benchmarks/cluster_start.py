@@ -24,11 +24,11 @@ import statistics
 import time
 from pathlib import Path
 
+from _scratch import new_home_dir
+
 from workbook.cluster import LocalCluster, PgBinaries
 from workbook.cluster._node import free_port
 from workbook.cluster._osuser import RunAs
-
-from _scratch import new_home_dir
 
 
 class Raw:

@@ -32,14 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _scratch import scratch_cluster
 from psycopg import Connection, sql
 
 from workbook.cluster import LocalCluster
 from workbook.dataset.generator import Generator, TableStream
 from workbook.dataset.loader import _vector_schema, copy_statement
 from workbook.dataset.plan import lanes, schema_sections
-
-from _scratch import scratch_cluster
 
 _CHILD = """
 import json, resource, sys

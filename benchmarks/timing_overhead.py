@@ -27,12 +27,12 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from _scratch import scratch_cluster, scratch_dir
+
 from workbook.cluster import LocalCluster
 from workbook.dataset.shapes import parse_shape
 from workbook.experiment import time_interleaved
 from workbook.experiment.runs import shape_runner
-
-from _scratch import scratch_cluster, scratch_dir
 
 SCRIPT = "\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
 SHAPE = parse_shape("-- shape: point\n-- title: pgbench -S\n-- variant: default\n"

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from _scratch import scratch_cluster
+
 from workbook.dataset import load, load_indexes
 from workbook.experiment import Index, WhatIfIndex, compare
-
-from _scratch import scratch_cluster
 
 SHAPE = "conversation_latest_messages"
 INDEX = "messages_conversation_created"

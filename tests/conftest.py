@@ -142,3 +142,20 @@ def catalog_unchanged(lab: LocalCluster) -> Iterator[None]:
     with lab.target().connect() as conn:
         after = catalog_snapshot(conn)
     assert after == before, "the test left the catalog changed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With ``WORKBOOK_TEST_NO_SKIP=1`` (``.ci/run`` sets it) a test skipped because something is
+    missing (Chromium, PostgreSQL 15, pgbouncer ...) fails instead: CI can never go green by
+    skipping. Only a skip that says "not applicable:" (the test does not apply to this kind of
+    run, e.g. root-only steps as a normal user) stays a skip."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.skipped or os.environ.get("WORKBOOK_TEST_NO_SKIP") != "1" or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "not applicable:" in reason:
+        return
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and WORKBOOK_TEST_NO_SKIP=1 forbids skips: {reason}"

@@ -26,7 +26,7 @@ IGNORE = shutil.ignore_patterns(".git", ".workbook", "test-artifacts", "__pycach
 @pytest.mark.slow
 def test_binder_dry_run_as_a_normal_user_runs_the_first_notebook() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to create the normal user Binder runs as")
+        pytest.skip("not applicable: needs root to create the normal user Binder runs as")
     if not Path(SYSTEM_PYTHON).exists():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: .ci/run installs python3 and python3-venv")
     entry = _ensure_user()

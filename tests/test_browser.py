@@ -64,7 +64,7 @@ def jupyterlab(lab: LocalCluster) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.close()
-                raise AssertionError("JupyterLab did not start:\n" + (work / "jupyterlab.log").read_text()[-3000:])
+                raise AssertionError("JupyterLab did not start:\n" + (work / "jupyterlab.log").read_text()[-3000:]) from None
             time.sleep(0.3)
     yield url
     os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started

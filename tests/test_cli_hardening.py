@@ -184,7 +184,7 @@ def test_bad_homes_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_unwritable_places_fail_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     readonly = Path("/proc/sys")  # read-only even for root in most containers
     if os.access(readonly, os.W_OK):
-        pytest.skip(f"{readonly} is writable here")
+        pytest.skip(f"not applicable: {readonly} is writable here")
     line = one_error(*run_main(capsys, "--home", str(readonly / "wb-home"), "up"))
     assert "not writable" in line
     line = one_error(*run_main(capsys, "--home", str(readonly / "wb-home"), "dataset", "--duckdb", "x.duckdb"))

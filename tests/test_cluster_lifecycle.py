@@ -156,7 +156,7 @@ def test_unix_socket_is_served(cluster_factory) -> None:
 
 def test_home_that_the_server_user_cannot_reach_is_refused_cleanly() -> None:
     if os.geteuid() != 0:
-        pytest.skip("only root drops privileges to a system user")
+        pytest.skip("not applicable: only root drops privileges to a system user")
     parent = make_home()
     parent.chmod(0o700)  # like /root: the unprivileged server user cannot traverse it
     try:

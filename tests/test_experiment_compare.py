@@ -14,7 +14,16 @@ from workbook.cluster import LocalCluster, Target
 from workbook.dataset import checksum, load_indexes
 from workbook.errors import ReadOnlyTarget, WorkbookError
 from workbook.experiment import (
-    Arm, Index, QueryFailed, Setting, StatisticsTarget, Variant, WhatIfIndex, compare, index_costs, verdict,
+    Arm,
+    Index,
+    QueryFailed,
+    Setting,
+    StatisticsTarget,
+    Variant,
+    WhatIfIndex,
+    compare,
+    index_costs,
+    verdict,
 )  # fmt: skip
 from workbook.results import ResultsStore
 

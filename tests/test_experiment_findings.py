@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from workbook.cluster import LocalCluster
 from workbook.dataset import load_indexes, shape
 from workbook.experiment import Setting, Statistics, WhatIfIndex, explain, findings
 

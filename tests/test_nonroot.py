@@ -52,7 +52,7 @@ def _as_user(
 @pytest.mark.slow
 def test_cluster_runs_as_a_non_root_user() -> None:
     if os.geteuid() != 0:
-        pytest.skip("the whole suite already runs as a non-root user")
+        pytest.skip("not applicable: the whole suite already runs as a non-root user")
     if not Path(SYSTEM_PYTHON).exists():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: .ci/run installs python3 and python3-venv")
     entry = _ensure_user()

@@ -11,8 +11,8 @@ from nbclient import NotebookClient
 
 from workbook import lessons
 from workbook.cluster import LocalCluster
-from workbook.results import ResultsStore
 from workbook.lab import Lab, open_lab
+from workbook.results import ResultsStore
 from workbook.ui.panels import DatasetPanel, ExperimentPanel
 
 from .conftest import REPO, catalog_snapshot

@@ -33,7 +33,7 @@ print(store.lock_waits)
 def test_store_round_trips_runs_and_survives_a_restart(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     assert store.runs().empty
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     store.append([{"run_id": "a", "created_at": now, "shape": "x", "samples_ms": [1.0, 3.0], "median_ms": 2.0,
                    "knobs": [{"knob": "Setting", "label": "work_mem = 64MB"}], "params": [{"org_id": 3}]}])  # fmt: skip
     again = ResultsStore(tmp_path)  # a new process would do the same: nothing is cached in memory

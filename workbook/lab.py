@@ -168,7 +168,7 @@ def attach_lab(
     from .cluster import LocalCluster, Target
     from .cluster._local import resolve_home
     from .dataset import dataset_info
-    from .experiment.leftovers import sweep_leftovers
+    from .leftovers import sweep_leftovers
     from .results import ResultsStore
 
     root = resolve_home(home)

@@ -261,8 +261,8 @@ def check_statement(sql: object, *, what: str = "the SQL") -> Statement:
     non-string, a NUL byte, an empty text, several statements, an unterminated quote or comment,
     a refused command or a refused function.
     """
-    _require_text(sql, what)
-    tokens = tokenize(sql)
+    source = _require_text(sql, what)
+    tokens = tokenize(source)
     cut = next((k for k, t in enumerate(tokens) if t.kind == "semicolon"), None)
     body = tokens if cut is None else tokens[:cut]
     rest = [] if cut is None else [t for t in tokens[cut:] if t.kind != "semicolon"]
@@ -270,10 +270,10 @@ def check_statement(sql: object, *, what: str = "the SQL") -> Statement:
         raise StatementRefused(f"{what} is empty: give one SELECT, INSERT, UPDATE, DELETE or MERGE statement")
     if rest:
         raise StatementRefused(
-            f"{what} holds more than one statement (a second one starts at {_preview(sql[rest[0].start:], 40)!r}); "
+            f"{what} holds more than one statement (a second one starts at {_preview(source[rest[0].start:], 40)!r}); "
             "give exactly one: the workbook runs it alone, in its own rolled-back transaction"
         )
-    text = sql[body[0].start : body[-1].end]  # without comments around it, nor the ';'
+    text = source[body[0].start : body[-1].end]  # without comments around it, nor the ';'
     first = next((t for t in body if t.kind not in ("lparen",)), None)
     if first is None or first.kind != "word":
         raise StatementRefused(f"{what} does not start with a command: {_preview(text)!r}")
@@ -309,7 +309,7 @@ def check_statement(sql: object, *, what: str = "the SQL") -> Statement:
     return Statement(text=text, command=command, kind=kind, why_write=why)
 
 
-def _require_text(sql: object, what: str) -> None:
+def _require_text(sql: object, what: str) -> str:
     if not isinstance(sql, str):
         raise StatementRefused(f"{what} must be a str of SQL, got {type(sql).__name__}")
     if "\x00" in sql:
@@ -321,6 +321,7 @@ def _require_text(sql: object, what: str) -> None:
             f"{what} is not valid text: character {exc.start} is {sql[exc.start]!r}, which UTF-8 cannot encode "
             "(a lone surrogate, often from invalid bytes); fix the input's encoding"
         ) from None
+    return sql
 
 
 def _next_word(tokens: Sequence[Token], after: Token) -> str | None:
@@ -467,18 +468,18 @@ def reads_only(conn: psycopg.Connection[Any]) -> Iterator[None]:
 def check_fragment(text: object, *, what: str) -> str:
     """A piece of SQL that the workbook splices into its own statement (an index key expression,
     a partial index's WHERE): no ``;``, parentheses balanced, no refused function. Returns it."""
-    _require_text(text, what)
-    tokens = tokenize(text)
+    source = _require_text(text, what)
+    tokens = tokenize(source)
     if not tokens:
         raise StatementRefused(f"{what} is empty")
     level = 0
     for t in tokens:
         if t.kind == "semicolon":
-            raise StatementRefused(f"{what} contains a ';' ({_preview(text)!r}): it must be one expression")
+            raise StatementRefused(f"{what} contains a ';' ({_preview(source)!r}): it must be one expression")
         level += {"lparen": 1, "rparen": -1}.get(t.kind, 0)
         if level < 0:
-            raise StatementRefused(f"{what} closes a parenthesis it did not open ({_preview(text)!r})")
+            raise StatementRefused(f"{what} closes a parenthesis it did not open ({_preview(source)!r})")
     if level:
-        raise StatementRefused(f"{what} leaves a parenthesis open ({_preview(text)!r})")
+        raise StatementRefused(f"{what} leaves a parenthesis open ({_preview(source)!r})")
     _refuse_functions(tokens, what)
-    return text
+    return source

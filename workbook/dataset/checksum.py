@@ -106,8 +106,8 @@ def _columns(rows: list[tuple[str, str, str]]) -> dict[str, list[tuple[str, str]
 
 def checksum(conn: psycopg.Connection[Any]) -> Checksum:
     """The checksum of the dataset loaded in the connection's PostgreSQL database."""
-    rows = conn.execute(sql.SQL(_COLUMNS_SQL.format(schema=SCHEMA, info=INFO_TABLE))).fetchall()  # type: ignore[arg-type]
-    return _combine(_run(_columns(rows), "postgres", lambda q: conn.execute(sql.SQL(q)).fetchone()))  # type: ignore[arg-type]
+    rows = conn.execute(sql.SQL(_COLUMNS_SQL.format(schema=SCHEMA, info=INFO_TABLE))).fetchall()
+    return _combine(_run(_columns(rows), "postgres", lambda q: conn.execute(sql.SQL(q)).fetchone()))
 
 
 def duckdb_checksum(con: duckdb.DuckDBPyConnection) -> Checksum:

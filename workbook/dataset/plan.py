@@ -117,7 +117,7 @@ class Step:
     gives: str | None = None  # the event it marks when done
 
 
-def _statement(query: sql.Composable | str) -> Run:
+def _statement(query: sql.Composed | sql.SQL | str) -> Run:
     def run(conn: psycopg.Connection[Any]) -> None:
         conn.execute(query)
 

@@ -123,13 +123,13 @@ class QueryShape:
         steps = self.variant(variant).statements
         cur = cursor if cursor is not None else conn.cursor()
         # with parameters psycopg uses the extended protocol; without, only when preparing
-        cur.execute(steps[0], params, prepare=prepare if params else True)  # type: ignore[arg-type]
+        cur.execute(steps[0], params, prepare=prepare if params else True)
         rows = cur.fetchall() if cur.description else [(cur.rowcount,)]
         for step in steps[1:]:
             names = [d.name for d in cur.description or ()]
             out: list[tuple[Any, ...]] = []
             for row in rows:
-                cur.execute(step, {**params, **dict(zip(names, row))}, prepare=prepare)  # type: ignore[arg-type]
+                cur.execute(step, {**params, **dict(zip(names, row))}, prepare=prepare)
                 out.extend(cur.fetchall())
             rows = out
         return rows

@@ -1,10 +1,10 @@
 """Experiments: plans, findings, honest timings, reversible knobs, index costs and advice."""
 
+from ..leftovers import Leftover, find_leftovers, sweep_leftovers
 from .advise import Advice, Candidate, advise
 from .costs import index_costs
 from .distortion import clock_distortion
 from .findings import Finding, findings
-from .leftovers import Leftover, find_leftovers, sweep_leftovers
 from .knobs import Index, IndexCost, Knob, Setting, Statistics, StatisticsTarget, Variant, WhatIfIndex
 from .plan import Plan, PlanNode, QueryFailed, explain, parse_plan
 from .runs import Arm, Comparison, Run, compare, context, explain_shape, measure, run_shape

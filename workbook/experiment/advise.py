@@ -31,9 +31,9 @@ from psycopg import sql
 
 from ..dataset.indexes import IndexSpec
 from ..errors import WorkbookError
+from ..statement import as_read, check_statement
 from .costs import index_costs
 from .knobs import WhatIfIndex
-from ..statement import as_read, check_statement
 from .plan import Plan, PlanNode, explain
 from .timing import time_interleaved, verdict
 from .wire import statement_runner
@@ -341,7 +341,8 @@ def _advise(
                 estimate,
             )  # fmt: skip
         baseline = explain(conn, query, params, timeout_s=timeout_s)
-    suggestions, rejected = [], []
+    suggestions: list[Candidate] = []
+    rejected: list[Candidate] = []
     for cand in candidates:
         _verify(target, query, params, cand, baseline, repeats=repeats, warmup=warmup, timeout_s=timeout_s,
                 write_cost=measure_write_cost)  # fmt: skip

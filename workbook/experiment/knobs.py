@@ -29,8 +29,8 @@ from psycopg import sql
 
 from ..dataset.indexes import IndexSpec
 from ..errors import WorkbookError
+from ..leftovers import mark
 from ..statement import fetch_rows
-from .leftovers import mark
 
 if TYPE_CHECKING:
     import psycopg
@@ -166,7 +166,7 @@ class Index(_IndexKnob):
     ``concurrently`` builds/drops without blocking writers (needs an autocommit connection).
     The build's time and the index's size are recorded in :attr:`cost`. An index it builds is
     marked as built by this session, so one left by a killed run is found and dropped by the
-    next command (:mod:`workbook.experiment.leftovers`); an index that ``on=False`` dropped is
+    next command (:mod:`workbook.leftovers`); an index that ``on=False`` dropped is
     not put back by a killed run (nothing can mark an absence).
     """
 
@@ -186,7 +186,7 @@ class Index(_IndexKnob):
         return {**super().describe(), "on": self.on}
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
-        # marked as this session's (workbook.experiment.leftovers): if the run is killed before it
+        # marked as this session's (workbook.leftovers): if the run is killed before it
         # reverts, the next command finds the index and drops it
         if self.concurrently:  # CONCURRENTLY cannot share a transaction with the comment
             t0 = time.perf_counter()
@@ -300,7 +300,7 @@ class Statistics(Knob):
             " WHERE n.nspname = %s AND e.stxname = %s", (schema, self.name)
         ).fetchone()  # fmt: skip
         if not exists:
-            with conn.transaction():  # created and marked together (workbook.experiment.leftovers)
+            with conn.transaction():  # created and marked together (workbook.leftovers)
                 fetch_rows(conn,
                     sql.SQL("CREATE STATISTICS {} ({}) ON {} FROM {}").format(
                         sql.Identifier(schema, self.name),

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..dataset.shapes import QueryShape, shape as load_shape
+from ..dataset.shapes import QueryShape
+from ..dataset.shapes import shape as load_shape
 from ..errors import WorkbookError
 from ..statement import reads_only
 from .findings import Finding, findings
@@ -74,7 +75,7 @@ class Run:
     plan: Plan | None
     findings: list[Finding]
     context: dict[str, Any]
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     arm: str | None = None
     comparison_id: str | None = None
 
@@ -121,7 +122,7 @@ class Comparison:
     treatment: Run
     verdict: Verdict
     interleaved: bool
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,11 +172,11 @@ class Comparison:
 # --------------------------------------------------------------------------- context
 def context(conn: psycopg.Connection[Any], target: Target, store: ResultsStore | None = None) -> dict[str, Any]:
     """What could skew a measurement, recorded with it (no password ever: host, port, db only)."""
+    import psutil
+
     from ..cluster.target import dsn_params
     from ..dataset.checksum import checksum
     from ..dataset.loader import SCHEMA, dataset_info
-
-    import psutil
 
     settings = dict(
         conn.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", (list(_SETTINGS),)).fetchall()
@@ -354,7 +355,7 @@ def measure(
         Run(
             run_id=uuid.uuid4().hex, label=arm.label, shape=qs.name, variant=variants[i], tier=tier,
             sql=qs.variant(variants[i]).sql, params=params, knobs=[k.describe() for k in arm.knobs],
-            samples_ms=samples[i], plan=plans[i], findings=findings(plans[i]) if plans[i] else [], context=ctx,
+            samples_ms=samples[i], plan=plans[i], findings=findings(p) if (p := plans[i]) else [], context=ctx,
         )  # fmt: skip
         for i, arm in enumerate(arms)
     ]
@@ -434,7 +435,8 @@ def compare(
         treatment = Arm(" + ".join(k.label for k in knobs), None, knobs)
     baseline = baseline or Arm("baseline")
     (b, t), interleaved = measure(target, qs, [baseline, treatment], store=store, **kwargs)  # stored below, as a pair
-    v = verdict(b.samples_ms, t.samples_ms, confidence=confidence, **({"threshold": threshold} if threshold else {}))
+    v = verdict(b.samples_ms, t.samples_ms, confidence=confidence) if threshold is None else \
+        verdict(b.samples_ms, t.samples_ms, confidence=confidence, threshold=threshold)
     cid = uuid.uuid4().hex
     for run, arm in ((b, "baseline"), (t, "treatment")):
         run.arm, run.comparison_id = arm, cid

@@ -90,8 +90,10 @@ class _Step:
         check_statement(sql)  # one allowed statement; PQprepare would refuse a second one anyway
         self.conn = conn
         self.pgconn = conn.pgconn
+        self.names: list[str | int] = []
+        self.formats: list[PyFormat] = []
         if raw:  # no parameters: psycopg sends the text as it is, % signs and all
-            self.query, self.names, self.formats = sql.encode(), [], []
+            self.query = sql.encode()
         else:
             self.query, self.names, self.formats = to_positional(sql)
         self.prepared: dict[tuple[int, ...], bytes] = {}
@@ -110,14 +112,15 @@ class _Step:
         Python types (bytes, int) so the timed call converts nothing."""
         tx = Transformer(self.conn)
         wire = [None if v is None else bytes(v) for v in tx.dump_sequence(values, self.formats)]
-        return tuple(tx.types), wire, [int(f) for f in tx.formats]
+        return tuple(tx.types or ()), wire, [int(f) for f in tx.formats or ()]
 
     def dump_named(self, params: dict[str, Any]) -> dict[str, tuple[bytes | None, int, int]]:
         """name -> (wire value, format, type) for this step's placeholders that ``params`` fills."""
         names = [(n, f) for n, f in zip(self.names, self.formats) if n in params]
         tx = Transformer(self.conn)
         wire = tx.dump_sequence([params[n] for n, _ in names], [f for _, f in names])
-        return {n: (None if v is None else bytes(v), int(f), t) for (n, _), v, f, t in zip(names, wire, tx.formats, tx.types)}
+        return {n: (None if v is None else bytes(v), int(f), t)
+                for (n, _), v, f, t in zip(names, wire, tx.formats or (), tx.types or ())}  # fmt: skip
 
     def statement(self, types: tuple[int, ...]) -> bytes:
         name = self.prepared.get(types)
@@ -208,7 +211,7 @@ def wire_runner(
 
         def point() -> int:
             types, wire, fmts = bound[next(counter) % n]
-            result = exec_prepared(prepared.get(types) or first.statement(types), wire, fmts)
+            result = exec_prepared(prepared.get(types) or first.statement(types), wire, fmts)  # type: ignore[arg-type]
             if result.status != _TUPLES_OK:
                 return _rowcount(check(conn, result))
             return result.ntuples

@@ -113,7 +113,7 @@ class LessonResult:
     step_seconds: dict[str, float] = field(default_factory=dict)
     source: str = "run"
     lesson_run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,17 @@ def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _samples(value: Any) -> list[float]:
+    """DuckDB hands a DOUBLE[] back as a list or a numpy array (whose truth value is ambiguous)."""
+    return [] if value is None else [float(x) for x in value]
+
+
 def _run(row: dict[str, Any]) -> Run:
     plan = parse_plan(_loads(row["plan"])) if row.get("plan") else None
     return Run(
         run_id=row["run_id"], label=row.get("label") or "", shape=row.get("shape") or "", variant=row.get("variant") or "",
         tier=row.get("tier") or "", sql=row.get("sql") or "", params=_loads(row.get("params")) or [],
-        knobs=_loads(row.get("knobs")) or [], samples_ms=[float(x) for x in (row.get("samples_ms") if row.get("samples_ms") is not None else [])],
+        knobs=_loads(row.get("knobs")) or [], samples_ms=_samples(row.get("samples_ms")),
         plan=plan, findings=[Finding(**f) for f in (_loads(row.get("findings")) or [])], context=_loads(row.get("context")) or {},
         created_at=row["created_at"], arm=row.get("arm"), comparison_id=row.get("comparison_id"),
     )  # fmt: skip
@@ -56,7 +62,7 @@ def comparisons_from_store(store: ResultsStore, ids: list[str] | None = None) ->
     comps = store.comparisons()
     if comps.empty:
         return []
-    runs = {r["run_id"]: r for r in store.runs().to_dict("records")}
+    runs = {r["run_id"]: {str(k): v for k, v in r.items()} for r in store.runs().to_dict("records")}
     rows = comps.to_dict("records")
     if ids is not None:
         by_id = {r["comparison_id"]: r for r in rows}
@@ -157,7 +163,7 @@ def render(comps: list[Comparison], *, title: str = "Database optimization repor
     if timings:
         phases = "<p class='sub'>" + ", ".join(f"{html.escape(k)} {v:.1f} s" for k, v in timings.items()) + "</p>"
     body = (
-        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} "
+        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} "
         f"from {len(comps)} measured comparisons</p>{phases}"
         "<h2>Environment</h2>" + _environment(comps)
         + "<h2>Summary</h2><table><tr><th>query shape</th><th>change</th><th>verdict</th><th>median before (ms)</th>"
@@ -223,7 +229,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
         parts.append("</section>")
         sections.append("\n".join(parts))
     body = (
-        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} "
+        f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} "
         f"from {len(results)} lessons, {len(comps)} measured comparisons</p>{phases}"
         f"<h2>Contents</h2><ol>{toc}</ol>"
         + ("<h2>Environment</h2>" + _environment(comps) if comps else "")
@@ -234,7 +240,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     return redact_text(doc, *(dsns or []))
 
 
-def write_html(text: str, path: str | Path) -> Path:
+def write_html(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``path`` atomically (a temporary file beside it, renamed); one-line errors."""
     out = Path(path)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -248,7 +254,7 @@ def write_html(text: str, path: str | Path) -> Path:
     return out
 
 
-def write_report(store: ResultsStore, path: str | Path, *, ids: list[str] | None = None, title: str | None = None,
+def write_report(store: ResultsStore, path: str | os.PathLike[str], *, ids: list[str] | None = None, title: str | None = None,
                  dsns: list[str] | None = None, timings: dict[str, float] | None = None) -> Path:  # fmt: skip
     """Write the report of the stored comparisons (all, or ``ids``) to ``path``; return it."""
     comps = comparisons_from_store(store, ids)

@@ -228,7 +228,7 @@ class ResultsStore:
         df = self._frame("SELECT * FROM runs WHERE run_id = ?", [run_id])
         if df.empty:
             raise WorkbookError(f"no run {run_id!r} in {str(self.path)!r}")
-        row = df.iloc[0].to_dict()
+        row = {str(k): v for k, v in df.iloc[0].to_dict().items()}
         for key in _JSON & set(row):
             if isinstance(row[key], str):
                 row[key] = json.loads(row[key])

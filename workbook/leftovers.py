@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from ..statement import fetch_rows
+from .statement import fetch_rows
 
 if TYPE_CHECKING:
     import psycopg
 
-    from ..cluster.target import Target
+    from .cluster.target import Target
 
 MARK = "workbook: built by "
 _OWNER = re.compile(r"; backend (\d+) started (.+)$")
