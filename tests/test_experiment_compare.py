@@ -132,6 +132,13 @@ def test_real_index_comparison_is_sequential_and_reverts(lab: LocalCluster, cata
     assert any(i == "conversations_user_activity" for _, _, i in c.treatment.plan.scans())
 
 
+def lab_conn(conn: Any) -> Any:
+    """A second connection to the server ``conn`` is on."""
+    import psycopg
+
+    return psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True)
+
+
 def test_settings_and_statistics_targets_revert_to_what_they_were(conn: Any) -> None:
     conn.execute("SET random_page_cost = 3.3")
     with Setting("random_page_cost", 1.1).applied(conn):
@@ -141,6 +148,18 @@ def test_settings_and_statistics_targets_revert_to_what_they_were(conn: Any) -> 
         Setting("wrok_mem", "64MB").apply(conn)
     with pytest.raises(WorkbookError, match="server restart"):
         Setting("shared_buffers", "1GB").apply(conn)
+    # one knob on two connections keeps what it found on each: no state carried from one arm to the other
+    knob = Setting("random_page_cost", 1.1)
+    with lab_conn(conn) as other:
+        other.execute("SET random_page_cost = 7")
+        knob.apply(conn)
+        knob.apply(other)
+        assert other.execute("SHOW random_page_cost").fetchone()[0] == "1.1", "applied on the second connection too"
+        knob.revert(other)
+        assert other.execute("SHOW random_page_cost").fetchone()[0] == "7"
+        assert conn.execute("SHOW random_page_cost").fetchone()[0] == "1.1", "still applied on the first"
+        knob.revert(conn)
+        assert conn.execute("SHOW random_page_cost").fetchone()[0] == "3.3"
     target_of = "SELECT attstattarget FROM pg_attribute WHERE attrelid = 'ai_app.messages'::regclass AND attname = 'org_id'"
     before = conn.execute(target_of).fetchone()[0]
     with StatisticsTarget("ai_app.messages", ["org_id"], 1000).applied(conn):

@@ -95,7 +95,7 @@ def test_open_lab_attaches_and_loads_nothing_the_second_time(open_: Lab, lab: Lo
 
 
 def test_experiment_panel_ticking_an_index_changes_the_plan(open_: Lab, catalog_unchanged: None) -> None:
-    panel = ExperimentPanel(open_, "conversation_latest_messages")
+    panel = ExperimentPanel(open_.target, open_.store, "conversation_latest_messages")
     assert "messages_conversation_created" in panel.index_boxes
     plain = panel.run()
     assert plain is not None and "Seq Scan on messages" in panel.plan.value and "seq_scan_selective_filter" in panel.plan.value
@@ -110,7 +110,7 @@ def test_experiment_panel_ticking_an_index_changes_the_plan(open_: Lab, catalog_
 
 
 def test_experiment_panel_shows_the_server_error_for_bad_sql_and_changes_nothing(open_: Lab, catalog_unchanged: None) -> None:
-    panel = ExperimentPanel(open_, "conversation_latest_messages").tick("messages_conversation_id")
+    panel = ExperimentPanel(open_.target, open_.store, "conversation_latest_messages").tick("messages_conversation_id")
     panel.sql.value = "SELECT nope FROM ai_app.messages WHERE conversation_id = %(conversation_id)s"
     assert panel.run() is None
     assert 'column &quot;nope&quot; does not exist' in panel.error.value and "nothing" in panel.status.value
@@ -120,7 +120,7 @@ def test_experiment_panel_shows_the_server_error_for_bad_sql_and_changes_nothing
 
 
 def test_experiment_panel_adds_advised_indexes_as_checkboxes(open_: Lab, catalog_unchanged: None) -> None:
-    panel = ExperimentPanel(open_, "audit_by_actor")
+    panel = ExperimentPanel(open_.target, open_.store, "audit_by_actor")
     added = panel.suggest()
     assert added and all(name.startswith("wb_advice_audit_log_") for name in added), panel.status.value
     assert "actor_user_id" in added[0] and added[0] in panel.index_boxes
@@ -130,7 +130,7 @@ def test_experiment_panel_adds_advised_indexes_as_checkboxes(open_: Lab, catalog
 
 
 def test_experiment_panel_cancel_stops_between_turns(open_: Lab) -> None:
-    panel = ExperimentPanel(open_, "conversation_latest_messages")
+    panel = ExperimentPanel(open_.target, open_.store, "conversation_latest_messages")
     panel.repeats.value = 200
     panel.run(background=True)
     panel.cancel()
@@ -141,7 +141,7 @@ def test_experiment_panel_cancel_stops_between_turns(open_: Lab) -> None:
 def test_dataset_panel_loads_with_progress(cluster_factory: Any) -> None:
     c = cluster_factory()
     lab = open_lab(home=c.home, scale=0.005, progress=False)
-    panel = DatasetPanel(lab)
+    panel = lab.dataset_panel()
     assert "messages" in panel.table.value
     panel.scale.value, panel.seed.value = 0.01, 7
     panel.load()

@@ -66,22 +66,15 @@ class Lab:
 
     def indexes_for(self, shape: str) -> list[IndexSpec]:
         """The catalog's candidate indexes that serve ``shape``."""
-        from .dataset import load_indexes
+        from .dataset import indexes_for
 
-        return [s for s in load_indexes().values() if shape in s.serves]
+        return indexes_for(shape)
 
     def tables(self) -> Any:
         """Rows and on-disk size of each table of the dataset (a DataFrame)."""
-        import pandas as pd
+        from .dataset import table_sizes
 
-        with self.target.connect() as conn:
-            rows = conn.execute(
-                "SELECT c.relname AS table, c.reltuples::bigint AS rows,"
-                " pg_size_pretty(pg_total_relation_size(c.oid)) AS size, pg_total_relation_size(c.oid) AS bytes"
-                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'ai_app' AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC"
-            ).fetchall()
-        return pd.DataFrame(rows, columns=["table", "rows", "size", "bytes"])
+        return table_sizes(self.target)
 
     def ensure_dataset(self, scale: float | None = None, seed: int = 42, progress: Any = True) -> DatasetInfo:
         """The loaded dataset; loads it (at ``scale``, default ``WORKBOOK_SCALE``) if there is none."""
@@ -153,12 +146,12 @@ class Lab:
     def panel(self, shape: str) -> ExperimentPanel:
         from .ui.panels import ExperimentPanel
 
-        return ExperimentPanel(self, shape)
+        return ExperimentPanel(self.target, self.store, shape)
 
     def dataset_panel(self) -> DatasetPanel:
         from .ui.panels import DatasetPanel
 
-        return DatasetPanel(self)
+        return DatasetPanel(self.target, on_load=lambda info: setattr(self, "info", info))
 
 
 def attach_lab(

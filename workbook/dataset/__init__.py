@@ -3,11 +3,12 @@
 from .checksum import Checksum, checksum, duckdb_checksum
 from .duck import to_duckdb
 from .generator import GENERATOR_VERSION, Generator
-from .indexes import IndexSpec, load_indexes
-from .loader import SCHEMA, DatasetInfo, dataset_info, load
+from .indexes import IndexSpec, indexes_for, load_indexes
+from .loader import SCHEMA, DatasetInfo, dataset_info, load, table_sizes
 from .shapes import QueryShape, load_shapes, shape
 
 __all__ = [
     "GENERATOR_VERSION", "SCHEMA", "Checksum", "DatasetInfo", "Generator", "IndexSpec", "QueryShape",
-    "checksum", "dataset_info", "duckdb_checksum", "load", "load_indexes", "load_shapes", "shape", "to_duckdb",
+    "checksum", "dataset_info", "duckdb_checksum", "indexes_for", "load", "load_indexes", "load_shapes", "shape",
+    "table_sizes", "to_duckdb",
 ]

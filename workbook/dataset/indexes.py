@@ -84,6 +84,11 @@ class IndexSpec:
         )
 
 
+def indexes_for(shape: str) -> list[IndexSpec]:
+    """The catalog's candidate indexes that serve the query shape ``shape``."""
+    return [s for s in load_indexes().values() if shape in s.serves]
+
+
 def load_indexes(path: Path | None = None) -> dict[str, IndexSpec]:
     """Every candidate index, by name, in catalog order."""
     path = path or dataset_dir() / "indexes.toml"

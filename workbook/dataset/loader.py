@@ -43,6 +43,8 @@ from .generator import GENERATOR_VERSION, Generator, TableStream
 from .plan import COPIED, Board, Schema, finishing_steps, lanes
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..cluster.target import Target
 
 SCHEMA = "ai_app"
@@ -436,3 +438,19 @@ def stale_staging(conn: psycopg.Connection[Any]) -> int | None:
     if row is None or row[1]:
         return None
     return int(row[0])
+
+
+def table_sizes(target: Target) -> pd.DataFrame:
+    """Rows (the planner's count) and on-disk size of each table of the dataset, biggest first."""
+    import pandas as pd
+
+    with target.connect() as conn:
+        rows = conn.execute(
+            "SELECT c.relname AS table, c.reltuples::bigint AS rows,"
+            " pg_size_pretty(pg_total_relation_size(c.oid)) AS size, pg_total_relation_size(c.oid) AS bytes"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname <> %s"
+            " ORDER BY pg_total_relation_size(c.oid) DESC",
+            (SCHEMA, "dataset_info"),
+        ).fetchall()
+    return pd.DataFrame(rows, columns=["table", "rows", "size", "bytes"])

@@ -36,12 +36,17 @@ if TYPE_CHECKING:
     import psycopg
 
 class Knob:
-    """Base: subclasses set ``scope`` and implement ``_apply``/``_revert``."""
+    """Base: subclasses set ``scope`` and implement ``_apply`` (returning what ``_revert`` needs to
+    restore the state it found) and ``_revert``.
+
+    What a knob found is kept per connection, not on the knob: the same knob can be applied to
+    two arms' connections and reverted on each without one arm's state leaking into the other's.
+    """
 
     scope: str = "session"
 
     def __init__(self) -> None:
-        self.applied_on: int | None = None  # id() of the connection it is applied on
+        self._found: dict[int, Any] = {}  # id(connection) -> what _apply found there
 
     @property
     def label(self) -> str:
@@ -50,17 +55,20 @@ class Knob:
     def describe(self) -> dict[str, Any]:
         return {"knob": type(self).__name__, "label": self.label, "scope": self.scope}
 
+    def is_applied(self, conn: psycopg.Connection[Any]) -> bool:
+        return id(conn) in self._found
+
     def apply(self, conn: psycopg.Connection[Any]) -> None:
-        if self.applied_on is not None:
+        """Apply on ``conn`` (a no-op when it already is)."""
+        if id(conn) in self._found:
             return
-        self._apply(conn)
-        self.applied_on = id(conn)
+        self._found[id(conn)] = self._apply(conn)
 
     def revert(self, conn: psycopg.Connection[Any]) -> None:
-        if self.applied_on is None:
+        """Restore on ``conn`` what ``apply`` found there (a no-op when it was not applied)."""
+        if id(conn) not in self._found:
             return
-        self._revert(conn)
-        self.applied_on = None
+        self._revert(conn, self._found.pop(id(conn)))
 
     @contextmanager
     def applied(self, conn: psycopg.Connection[Any]) -> Iterator[Knob]:
@@ -70,10 +78,10 @@ class Knob:
         finally:
             self.revert(conn)
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any]) -> Any:
         raise NotImplementedError
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
+    def _revert(self, conn: psycopg.Connection[Any], found: Any) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -90,7 +98,6 @@ class Setting(Knob):
         super().__init__()
         self.name = name
         self.value = ("on" if value else "off") if isinstance(value, bool) else str(value)
-        self._previous: str | None = None
 
     @property
     def label(self) -> str:
@@ -99,7 +106,7 @@ class Setting(Knob):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "name": self.name, "value": self.value}
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any]) -> str:
         row = conn.execute("SELECT setting, context FROM pg_settings WHERE name = %s", (self.name,)).fetchone()
         if row is None:
             names = [r[0] for r in conn.execute("SELECT name FROM pg_settings").fetchall()]
@@ -111,14 +118,15 @@ class Setting(Knob):
                 f"setting {self.name!r} cannot be changed for one session (its context is {row[1]!r}); "
                 "it needs a server restart or reload, which an experiment does not do"
             )
-        self._previous = conn.execute("SELECT current_setting(%s)", (self.name,)).fetchone()[0]  # type: ignore[index]
+        previous = str(conn.execute("SELECT current_setting(%s)", (self.name,)).fetchone()[0])  # type: ignore[index]
         try:
             conn.execute("SELECT set_config(%s, %s, false)", (self.name, self.value))
         except Exception as exc:
             raise WorkbookError(f"cannot set {self.name} = {self.value!r}: {' '.join(str(exc).split())}") from None
+        return previous
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT set_config(%s, %s, false)", (self.name, self._previous))
+    def _revert(self, conn: psycopg.Connection[Any], found: str) -> None:
+        conn.execute("SELECT set_config(%s, %s, false)", (self.name, found))
 
 
 # --------------------------------------------------------------------------- indexes
@@ -176,7 +184,6 @@ class Index(_IndexKnob):
         super().__init__(spec)
         self.on = on
         self.concurrently = concurrently
-        self._existed: bool | None = None
 
     @property
     def label(self) -> str:
@@ -201,17 +208,18 @@ class Index(_IndexKnob):
                 mark(conn, "index", self.spec.schema, self.spec.name, self.label)
         self.cost.size_bytes = _index_size(conn, self.spec)
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
-        self._existed = _index_exists(conn, self.spec)
-        if self.on and not self._existed:
+    def _apply(self, conn: psycopg.Connection[Any]) -> bool:
+        existed = _index_exists(conn, self.spec)
+        if self.on and not existed:
             self._create(conn)
-        elif not self.on and self._existed:
+        elif not self.on and existed:
             fetch_rows(conn, self.spec.drop(concurrently=self.concurrently))
+        return existed
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
-        if self._existed and not self.on:
+    def _revert(self, conn: psycopg.Connection[Any], found: bool) -> None:
+        if found and not self.on:
             fetch_rows(conn, self.spec.create(concurrently=self.concurrently))
-        elif not self._existed and self.on:
+        elif not found and self.on:
             fetch_rows(conn, self.spec.drop(concurrently=self.concurrently))
 
 
@@ -228,15 +236,14 @@ class WhatIfIndex(_IndexKnob):
     def __init__(self, spec: IndexSpec, *, lock_timeout_s: float = 10.0) -> None:
         super().__init__(spec)
         self.lock_timeout_s = lock_timeout_s
-        self._tx: Any = None
 
     @property
     def label(self) -> str:
         return f"what-if index {self.spec.name}"
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
-        self._tx = conn.transaction(force_rollback=True)
-        self._tx.__enter__()
+    def _apply(self, conn: psycopg.Connection[Any]) -> Any:
+        tx = conn.transaction(force_rollback=True)
+        tx.__enter__()
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout_s * 1000)}ms",))
             t0 = time.perf_counter()
@@ -244,14 +251,12 @@ class WhatIfIndex(_IndexKnob):
             self.cost.build_seconds = round(time.perf_counter() - t0, 4)
             self.cost.size_bytes = _index_size(conn, self.spec)
         except BaseException as exc:
-            self._tx.__exit__(type(exc), exc, exc.__traceback__)
-            self._tx = None
+            tx.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        return tx
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None:
-            tx.__exit__(None, None, None)
+    def _revert(self, conn: psycopg.Connection[Any], found: Any) -> None:
+        found.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -287,13 +292,12 @@ class Statistics(Knob):
         self.columns = tuple(columns)
         self.kinds = kinds
         self.name = name or f"wb_stats_{table.split('.')[-1]}_{'_'.join(columns)}"[:63]
-        self._created = False
 
     @property
     def label(self) -> str:
         return f"statistics ({', '.join(self.kinds)}) on {self.table} ({', '.join(self.columns)})"
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any]) -> bool:
         schema, table = _qualified(conn, self.table)
         exists = conn.execute(
             "SELECT 1 FROM pg_statistic_ext e JOIN pg_namespace n ON n.oid = e.stxnamespace"
@@ -310,14 +314,13 @@ class Statistics(Knob):
                     )
                 )  # fmt: skip
                 mark(conn, "statistics", schema, self.name, self.label)
-            self._created = True
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        return not exists  # whether this knob created them
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
+    def _revert(self, conn: psycopg.Connection[Any], found: bool) -> None:
         schema, table = _qualified(conn, self.table)
-        if self._created:
+        if found:
             conn.execute(sql.SQL("DROP STATISTICS IF EXISTS {}").format(sql.Identifier(schema, self.name)))
-            self._created = False
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
 
@@ -334,7 +337,6 @@ class StatisticsTarget(Knob):
         if not 0 <= target <= 10000:
             raise WorkbookError(f"statistics target must be 0..10000, got {target!r}")
         self.table, self.columns, self.target = table, tuple(columns), int(target)
-        self._previous: dict[str, int] = {}
 
     @property
     def label(self) -> str:
@@ -347,9 +349,10 @@ class StatisticsTarget(Knob):
             )
         )
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
         schema, table = _qualified(conn, self.table)
         ident = sql.Identifier(schema, table).as_string(conn)
+        previous: dict[str, int] = {}
         for col in self.columns:
             row = conn.execute(
                 "SELECT coalesce(attstattarget, -1) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
@@ -357,14 +360,15 @@ class StatisticsTarget(Knob):
             ).fetchone()
             if row is None:
                 raise WorkbookError(f"table {self.table!r} has no column {col!r}")
-            self._previous[col] = int(row[0])
+            previous[col] = int(row[0])
         for col in self.columns:
             self._set(conn, schema, table, col, self.target)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        return previous
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
+    def _revert(self, conn: psycopg.Connection[Any], found: dict[str, int]) -> None:
         schema, table = _qualified(conn, self.table)
-        for col, value in self._previous.items():
+        for col, value in found.items():
             self._set(conn, schema, table, col, value)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
@@ -386,5 +390,5 @@ class Variant(Knob):
     def _apply(self, conn: psycopg.Connection[Any]) -> None:
         return None
 
-    def _revert(self, conn: psycopg.Connection[Any]) -> None:
+    def _revert(self, conn: psycopg.Connection[Any], found: None) -> None:
         return None

@@ -1,7 +1,8 @@
 """ipywidgets panels: an experiment is one click.
 
-Panels hold widget state and call the library (:class:`~workbook.lab.Lab`, the experiment
-engine); they compose no SQL of their own. Charts are rendered to SVG on the kernel side
+Panels hold widget state and call the library (the dataset, the experiment engine); they are
+given a :class:`~workbook.cluster.Target` and a results store, never the Lab above them, and
+compose no SQL of their own. Charts are rendered to SVG on the kernel side
 (vl-convert), so they show the same in JupyterLab, in a headless run and offline, with no
 JavaScript renderer or CDN involved.
 
@@ -15,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import html
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkbookError
 
 if TYPE_CHECKING:
+    from ..cluster.target import Target
+    from ..dataset import DatasetInfo
     from ..experiment import Comparison, Run
-    from ..lab import Lab
+    from ..results import ResultsStore
 
 
 
@@ -41,12 +45,15 @@ def _parse_settings(text: str) -> list[tuple[str, str]]:
 class ExperimentPanel:
     """Variant, candidate indexes, settings, Run → plan with findings, before/after chart, DDL."""
 
-    def __init__(self, lab: Lab, shape: str) -> None:
+    def __init__(self, target: Target, store: ResultsStore | None, shape: str) -> None:
         import ipywidgets as w
 
-        self.lab = lab
-        self.qs = lab.shape(shape)
-        self.specs = {s.name: s for s in lab.indexes_for(shape)}
+        from ..dataset import indexes_for
+        from ..dataset import shape as load_shape
+
+        self.target, self.store = target, store
+        self.qs = load_shape(shape)
+        self.specs = {s.name: s for s in indexes_for(shape)}
         self.last: Comparison | Run | None = None
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -116,9 +123,9 @@ class ExperimentPanel:
         self.status.value = "asking advise() (what-if measurements)..."
         try:
             qs, variant = self._shape()
-            with self.lab.target.connect() as conn:
+            with self.target.connect() as conn:
                 params = qs.sample(conn, self.tier.value)
-            advice = advise(self.lab.target, qs.variant(variant).statements[0], params, repeats=8, measure_write_cost=False)
+            advice = advise(self.target, qs.variant(variant).statements[0], params, repeats=8, measure_write_cost=False)
         except Exception as exc:
             self.error.value = f"<div class='workbook-error' style='color:#b00'><b>error:</b> {html.escape(str(exc))}</div>"
             self.status.value = "advice failed: nothing was changed"
@@ -190,14 +197,14 @@ class ExperimentPanel:
                           should_stop=lambda: self._stop)  # fmt: skip
             if knobs:
                 treatment = Arm(" + ".join(k.label for k in knobs), variant, tuple(knobs))
-                result: Any = compare(self.lab.target, qs, treatment, Arm("baseline", variant), store=self.lab.store, **common)
+                result: Any = compare(self.target, qs, treatment, Arm("baseline", variant), store=self.store, **common)
                 self.verdict.value = f"<h4 class='workbook-verdict'>{html.escape(result.verdict.text)}</h4>"
                 self.chart.value = svg(before_after(result))
                 plans = [("before", result.baseline.plan), ("after", result.treatment.plan)]
                 found = result.treatment.findings
                 shown = result.treatment.plan
             else:
-                result = run_shape(self.lab.target, qs, variant=variant, store=self.lab.store, **common)
+                result = run_shape(self.target, qs, variant=variant, store=self.store, **common)
                 self.verdict.value = (f"<h4 class='workbook-verdict'>median {result.median_ms:.3f} ms, p95 "
                                       f"{result.p95_ms:.3f} ms over {len(result.samples_ms)} runs</h4>")  # fmt: skip
                 self.chart.value = ""
@@ -225,11 +232,15 @@ class ExperimentPanel:
 class DatasetPanel:
     """Scale and seed, Load with progress, and the size of every table."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, target: Target, *, on_load: Callable[[DatasetInfo], None] | None = None) -> None:
         import ipywidgets as w
 
-        self.lab = lab
-        info = lab.info
+        from ..dataset import dataset_info
+
+        self.target, self.on_load = target, on_load
+        with target.connect() as conn:
+            self.info: DatasetInfo | None = dataset_info(conn)
+        info = self.info
         self.scale = w.BoundedFloatText(value=info.scale if info else 0.05, min=0.001, max=100, step=0.01, description="scale")
         self.seed = w.BoundedIntText(value=info.seed if info else 42, min=0, max=2**31 - 1, description="seed")
         self.load_button = w.Button(description="Load", button_style="warning", icon="database")
@@ -246,9 +257,11 @@ class DatasetPanel:
         display(self.widget)
 
     def refresh(self) -> None:
-        info = self.lab.info
+        from ..dataset import table_sizes
+
+        info = self.info
         head = f"<p>SF {info.scale:g}, seed {info.seed}</p>" if info else "<p>no dataset loaded</p>"
-        self.table.value = head + self.lab.tables()[["table", "rows", "size"]].to_html(index=False)
+        self.table.value = head + table_sizes(self.target)[["table", "rows", "size"]].to_html(index=False)
 
     def load(self) -> None:
         done: dict[str, int] = {}
@@ -259,12 +272,15 @@ class DatasetPanel:
             self.progress.value = min(sum(done.values()), self.progress.max)
 
         from ..dataset import Generator
+        from ..dataset import load as load_dataset
 
         try:
             gen = Generator(self.seed.value, self.scale.value)
             self.progress.max = sum(s.expected_rows for s in gen.tables())
             self.progress.value = 0
-            info = self.lab.load(self.scale.value, self.seed.value, progress=report)
+            info = self.info = load_dataset(self.target, generator=gen, progress=report)
+            if self.on_load is not None:
+                self.on_load(info)
             self.status.value = f"loaded {sum(info.rows.values()):,} rows in {info.load_seconds:.1f} s"
         except WorkbookError as exc:
             self.status.value = f"<span style='color:#b00'>error: {html.escape(str(exc))}</span>"
