@@ -38,7 +38,7 @@ from psycopg import Connection, sql
 from workbook.cluster import LocalCluster
 from workbook.dataset.generator import Generator, TableStream
 from workbook.dataset.loader import _vector_schema, copy_statement
-from workbook.dataset.plan import lanes, schema_sections
+from workbook.dataset.load_plan import lanes, schema_sections
 
 _CHILD = """
 import json, resource, sys

@@ -158,8 +158,7 @@ def attach_lab(
     *, home: str | os.PathLike[str] | None = None, replicas: int | None = None, target: Target | None = None
 ) -> Lab:
     """Start or attach to the cluster (or use ``target``, or ``WORKBOOK_DSN``) and return the Lab; loads nothing."""
-    from .cluster import LocalCluster, Target
-    from .cluster._local import resolve_home
+    from .cluster import LocalCluster, Target, resolve_home
     from .dataset import dataset_info
     from .leftovers import sweep_leftovers
     from .results import ResultsStore

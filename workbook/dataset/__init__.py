@@ -5,10 +5,11 @@ from .duck import to_duckdb
 from .generator import GENERATOR_VERSION, Generator
 from .indexes import IndexSpec, indexes_for, load_indexes
 from .loader import SCHEMA, DatasetInfo, dataset_info, load, table_sizes
-from .shapes import QueryShape, load_shapes, shape
+from .shapes import QueryShape, ShapeVariant, load_shapes, parse_shape, shape
 
 __all__ = [
-    "GENERATOR_VERSION", "SCHEMA", "Checksum", "DatasetInfo", "Generator", "IndexSpec", "QueryShape",
-    "checksum", "dataset_info", "duckdb_checksum", "indexes_for", "load", "load_indexes", "load_shapes", "shape",
+    "GENERATOR_VERSION", "SCHEMA", "Checksum", "DatasetInfo", "Generator", "IndexSpec", "QueryShape", "ShapeVariant",
+    "checksum", "dataset_info", "duckdb_checksum", "indexes_for", "load", "load_indexes", "load_shapes", "parse_shape",
+    "shape",
     "table_sizes", "to_duckdb",
 ]

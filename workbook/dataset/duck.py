@@ -76,7 +76,7 @@ def check_duckdb_path(
     existing file unless ``force``, and any place inside a ``protected`` folder (the workbook
     home's ``secrets/``: the CLI passes it, and the default home's is always protected).
     """
-    from ..cluster._local import default_home
+    from ..cluster import default_home
 
     raw = os.fspath(path)
     if not isinstance(raw, str) or not raw.strip():

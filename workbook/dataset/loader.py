@@ -40,7 +40,7 @@ from psycopg import sql
 
 from ..errors import WorkbookError
 from .generator import GENERATOR_VERSION, Generator, TableStream
-from .plan import COPIED, Board, Schema, finishing_steps, lanes
+from .load_plan import COPIED, Board, Schema, finishing_steps, lanes
 
 if TYPE_CHECKING:
     import pandas as pd

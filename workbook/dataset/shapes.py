@@ -37,7 +37,7 @@ _FOR_EACH = re.compile(r"^--\s*for each row:\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
-class Variant:
+class ShapeVariant:
     """One way of writing a shape: its statements (more than one for a per-row loop)."""
 
     name: str
@@ -69,7 +69,7 @@ class QueryShape:
     kind: str
     params: tuple[str, ...]
     compare: str
-    variants: dict[str, Variant]
+    variants: dict[str, ShapeVariant]
     tables: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -88,7 +88,7 @@ class QueryShape:
     def default_variant(self) -> str:
         return next(iter(self.variants))
 
-    def variant(self, name: str | None = None) -> Variant:
+    def variant(self, name: str | None = None) -> ShapeVariant:
         name = name or self.default_variant
         try:
             return self.variants[name]
@@ -150,7 +150,7 @@ class QueryShape:
 
 def parse_shape(text: str, path: Path | None = None) -> QueryShape:
     header: dict[str, list[str]] = {}
-    variants: dict[str, Variant] = {}
+    variants: dict[str, ShapeVariant] = {}
     current: str | None = None
     body: list[str] = []
 
@@ -161,7 +161,7 @@ def parse_shape(text: str, path: Path | None = None) -> QueryShape:
         steps = tuple(s.strip().rstrip(";").strip() for s in _FOR_EACH.split(sql_text))
         if not all(steps):
             raise WorkbookError(f"{path or 'shape'}: variant {current!r} has an empty statement")
-        variants[current] = Variant(current, steps)
+        variants[current] = ShapeVariant(current, steps)
 
     for line in text.splitlines():
         m = _HEADER.match(line.strip())

@@ -170,7 +170,9 @@ class Comparison:
 
 
 # --------------------------------------------------------------------------- context
-def context(conn: psycopg.Connection[Any], target: Target, store: ResultsStore | None = None) -> dict[str, Any]:
+def measurement_context(
+    conn: psycopg.Connection[Any], target: Target, store: ResultsStore | None = None
+) -> dict[str, Any]:
     """What could skew a measurement, recorded with it (no password ever: host, port, db only)."""
     import psutil
 
@@ -278,30 +280,11 @@ def measure(
     """
     qs = _as_shape(qs)
     given = list(params) if params is not None else None
-    if given is not None and not given:
-        raise WorkbookError("params is empty: give at least one parameter set, or None to sample them")
-    if repeats < 2:
-        raise WorkbookError(f"repeats must be at least 2 (a median and an interval need samples), got {repeats!r}")
-    if client not in CLIENTS:
-        raise WorkbookError(f"client must be one of {CLIENTS}, got {client!r}")
+    _refuse_unmeasurable(target, qs, arms, given, repeats, client)
     variants = [arm.resolved_variant(qs) for arm in arms]
     all_knobs = [k for arm in arms for k in arm.knobs]
-    if qs.kind == "write":
-        target.require_writes(f"timing the write shape {qs.name!r} (its writes are rolled back)")
-    if any(k.scope in ("database", "transaction") for k in all_knobs):
-        target.require_writes("an index or statistics knob")
-    if qs.kind == "write" and any(isinstance(k, WhatIfIndex) for k in all_knobs):
-        raise WorkbookError(
-            f"a what-if index holds a SHARE lock that blocks the other arm's writes, so the write shape {qs.name!r} "
-            "cannot be timed against it; measure an index's write cost with workbook.experiment.index_costs()"
-        )
-    whatif_names = [k.spec.name for k in all_knobs if isinstance(k, WhatIfIndex)]
-    if len(whatif_names) != len(set(whatif_names)):
-        raise WorkbookError(
-            f"two arms build what-if indexes with the same name ({sorted(whatif_names)!r}); the second would wait for "
-            "the first's transaction to end: give each arm's copy its own name (dataclasses.replace(spec, name=...))"
-        )
     sequential = any(k.scope == "database" for k in all_knobs)
+    timing = dict(repeats=repeats, warmup=warmup, seed=seed, progress=progress, should_stop=should_stop)
     try:
         with ExitStack() as stack:
             conns = []
@@ -311,39 +294,11 @@ def measure(
                 conns.append(conn)
             with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
                 params = [dict(p) for p in given] if given else [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
-                ctx = context(aux, target, store)
+                ctx = measurement_context(aux, target, store)
                 ctx["client"] = client
             runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
-            samples: list[list[float]] = [[] for _ in arms]
-            plans: list[Plan | None] = [None] * len(arms)
-            if sequential:
-                for i, arm in enumerate(arms):
-                    with ExitStack() as knobs:
-                        for k in arm.knobs:
-                            knobs.enter_context(k.applied(conns[i]))
-                        if qs.kind == "read":  # timed reads run read-only, as the server enforces it
-                            knobs.enter_context(reads_only(conns[i]))
-                        _check(runners[i], qs, variants[i], timeout_s)
-                        samples[i] = time_interleaved([runners[i]], repeats=repeats, warmup=warmup, seed=seed,
-                                                      progress=progress, should_stop=should_stop)[0]  # fmt: skip
-                        plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
-            else:
-                with ExitStack() as knobs:
-                    whatif = any(k.scope == "transaction" for k in all_knobs)
-                    for i, arm in enumerate(arms):
-                        if whatif and not any(k.scope == "transaction" for k in arm.knobs):
-                            # the same conditions on both sides: every arm runs inside a rolled-back transaction
-                            knobs.enter_context(conns[i].transaction(force_rollback=True))
-                        for k in arm.knobs:
-                            knobs.enter_context(k.applied(conns[i]))
-                        if qs.kind == "read":  # timed reads run read-only, as the server enforces it
-                            knobs.enter_context(reads_only(conns[i]))
-                    for i in range(len(arms)):
-                        _check(runners[i], qs, variants[i], timeout_s)
-                    samples = time_interleaved(runners, repeats=repeats, warmup=warmup, seed=seed,
-                                               progress=progress, should_stop=should_stop)  # fmt: skip
-                    for i in range(len(arms)):
-                        plans[i] = explain_shape(conns[i], qs, variants[i], params[0], timeout_s=timeout_s)[0]
+            time_arms = _time_one_by_one if sequential else _time_interleaved
+            samples, plans = time_arms(qs, arms, conns, runners, variants, params[0], timeout_s, timing)
     except psycopg.OperationalError as exc:  # the server went away (or a session was terminated) mid-measurement
         real = sorted({k.spec.name for k in all_knobs if isinstance(k, Index)})
         left = f"; check the real index knobs {real} by hand: they could not be reverted" if real else ""
@@ -362,6 +317,80 @@ def measure(
     if store is not None and len(arms) == 1:
         store.append([r.record() for r in runs])
     return runs, not sequential
+
+
+def _refuse_unmeasurable(
+    target: Target, qs: QueryShape, arms: Sequence[Arm], given: list[dict[str, Any]] | None, repeats: int, client: str
+) -> None:
+    """Every reason a measurement cannot run, raised before a connection is opened."""
+    if given is not None and not given:
+        raise WorkbookError("params is empty: give at least one parameter set, or None to sample them")
+    if repeats < 2:
+        raise WorkbookError(f"repeats must be at least 2 (a median and an interval need samples), got {repeats!r}")
+    if client not in CLIENTS:
+        raise WorkbookError(f"client must be one of {CLIENTS}, got {client!r}")
+    all_knobs = [k for arm in arms for k in arm.knobs]
+    if qs.kind == "write":
+        target.require_writes(f"timing the write shape {qs.name!r} (its writes are rolled back)")
+    if any(k.scope in ("database", "transaction") for k in all_knobs):
+        target.require_writes("an index or statistics knob")
+    if qs.kind == "write" and any(isinstance(k, WhatIfIndex) for k in all_knobs):
+        raise WorkbookError(
+            f"a what-if index holds a SHARE lock that blocks the other arm's writes, so the write shape {qs.name!r} "
+            "cannot be timed against it; measure an index's write cost with workbook.experiment.index_costs()"
+        )
+    whatif_names = [k.spec.name for k in all_knobs if isinstance(k, WhatIfIndex)]
+    if len(whatif_names) != len(set(whatif_names)):
+        raise WorkbookError(
+            f"two arms build what-if indexes with the same name ({sorted(whatif_names)!r}); the second would wait for "
+            "the first's transaction to end: give each arm's copy its own name (dataclasses.replace(spec, name=...))"
+        )
+
+
+_Timed = tuple[list[list[float]], list["Plan | None"]]
+
+
+def _time_one_by_one(
+    qs: QueryShape, arms: Sequence[Arm], conns: list[Any], runners: list[Callable[[], object]], variants: list[str],
+    params: dict[str, Any], timeout_s: float, timing: dict[str, Any],
+) -> _Timed:  # fmt: skip
+    """Knobs that change the database for everyone: each arm with its knobs applied, then reverted."""
+    samples: list[list[float]] = [[] for _ in arms]
+    plans: list[Plan | None] = [None] * len(arms)
+    for i, arm in enumerate(arms):
+        with ExitStack() as knobs:
+            for k in arm.knobs:
+                knobs.enter_context(k.applied(conns[i]))
+            if qs.kind == "read":  # timed reads run read-only, as the server enforces it
+                knobs.enter_context(reads_only(conns[i]))
+            _check(runners[i], qs, variants[i], timeout_s)
+            samples[i] = time_interleaved([runners[i]], **timing)[0]
+            plans[i] = explain_shape(conns[i], qs, variants[i], params, timeout_s=timeout_s)[0]
+    return samples, plans
+
+
+def _time_interleaved(
+    qs: QueryShape, arms: Sequence[Arm], conns: list[Any], runners: list[Callable[[], object]], variants: list[str],
+    params: dict[str, Any], timeout_s: float, timing: dict[str, Any],
+) -> _Timed:  # fmt: skip
+    """Session and what-if knobs: every arm applied on its own connection, timed turn by turn."""
+    all_knobs = [k for arm in arms for k in arm.knobs]
+    with ExitStack() as knobs:
+        whatif = any(k.scope == "transaction" for k in all_knobs)
+        for i, arm in enumerate(arms):
+            if whatif and not any(k.scope == "transaction" for k in arm.knobs):
+                # the same conditions on both sides: every arm runs inside a rolled-back transaction
+                knobs.enter_context(conns[i].transaction(force_rollback=True))
+            for k in arm.knobs:
+                knobs.enter_context(k.applied(conns[i]))
+            if qs.kind == "read":  # timed reads run read-only, as the server enforces it
+                knobs.enter_context(reads_only(conns[i]))
+        for i in range(len(arms)):
+            _check(runners[i], qs, variants[i], timeout_s)
+        samples = time_interleaved(runners, **timing)
+        plans: list[Plan | None] = [explain_shape(conns[i], qs, variants[i], params, timeout_s=timeout_s)[0]
+                                    for i in range(len(arms))]  # fmt: skip
+    return samples, plans
 
 
 def _check(run: Callable[[], object], qs: QueryShape, variant: str, timeout_s: float) -> None:

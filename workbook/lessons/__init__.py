@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import WorkbookError
 from . import indexes, jsonb, planner
-from ._lesson import Lesson, LessonResult, LessonRun, Step, comparison_figures
+from ._lesson import Lesson, LessonResult, LessonRun, Step, comparison_figures, walk
 
 LESSONS: dict[str, Lesson] = {m.LESSON.name: m.LESSON for m in (indexes, jsonb, planner)}
 DEFAULT: tuple[str, ...] = ("indexes", "jsonb", "planner")
@@ -35,4 +35,6 @@ def chosen(names: str | list[str] | tuple[str, ...] | None) -> list[Lesson]:
     return [lesson(n) for n in dict.fromkeys(names)]
 
 
-__all__ = ["DEFAULT", "LESSONS", "Lesson", "LessonResult", "LessonRun", "Step", "chosen", "comparison_figures", "lesson"]
+__all__ = [
+    "DEFAULT", "LESSONS", "Lesson", "LessonResult", "LessonRun", "Step", "chosen", "comparison_figures", "lesson", "walk",
+]  # fmt: skip

@@ -202,7 +202,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
                    timings: dict[str, float] | None = None) -> str:  # fmt: skip
     """The report as a composition of lessons: contents, then one section per lesson (its claim, its
     figures, and every step's measurements in the order its notebook runs them)."""
-    from ..lessons._lesson import walk
+    from ..lessons import walk
 
     if not results:
         raise WorkbookError("nothing to report: no lesson was run")

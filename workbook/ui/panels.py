@@ -149,13 +149,13 @@ class ExperimentPanel:
 
     def _shape(self) -> Any:
         """The shape to run: the catalog's, or the SQL as edited in the panel."""
-        from ..dataset.shapes import Variant
+        from ..dataset import ShapeVariant
 
         original = self.qs.variant(self.variant.value)
         if self.sql.value.strip() == original.sql.strip():
             return self.qs, original.name
         steps = tuple(s.strip().rstrip(";").strip() for s in self.sql.value.split("-- for each row:"))
-        edited = Variant("edited", steps)  # refused here when it is not one allowed statement per step
+        edited = ShapeVariant("edited", steps)  # refused here when it is not one allowed statement per step
         return dataclasses.replace(self.qs, kind=edited.kind, variants={"edited": edited}), "edited"
 
     # ---- running -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from workbook.dataset.generator import Generator
-from workbook.dataset.plan import COPIED, DERIVED, Board, Schema, Step, finishing_steps, lanes
+from workbook.dataset.load_plan import COPIED, DERIVED, Board, Schema, Step, finishing_steps, lanes
 from workbook.errors import WorkbookError
 
 
