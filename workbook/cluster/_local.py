@@ -1,6 +1,7 @@
 """LocalCluster: an embedded PostgreSQL primary plus streaming read replicas under one home.
 
-Layout of the home directory (default ``./.workbook``, else ``--home`` / ``WORKBOOK_HOME``)::
+Layout of the home directory (``--home`` / ``WORKBOOK_HOME``, else ``./.workbook``, or, as root
+when the server user cannot reach ``./.workbook``, a folder under /var/tmp: see :func:`resolve_home`)::
 
     cluster.json          topology: nodes (name, role, port, slot), sync-commit mode, binaries
     secrets/password      the superuser's generated password (0600, never printed)
@@ -25,16 +26,20 @@ import json
 import logging
 import math
 import os
+import pwd
 import re
 import secrets
 import shutil
+import stat
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ClusterError, UnknownNode
+from .. import config
+from ..errors import ClusterError, PortInUse, UnknownNode
 from ._binaries import PgBinaries
 from ._node import BASE_SETTINGS, Node, free_port, port_is_free
 from ._osuser import RunAs
@@ -70,17 +75,85 @@ SyncMode = Literal["off", "async", "remote_write", "on", "remote_apply"]
 SYNC_MODES: tuple[str, ...] = ("off", "async", "remote_write", "on", "remote_apply")
 
 
+#: where a home goes when the default one is out of the server user's reach (see resolve_home)
+FALLBACK_ROOTS = (Path("/var/tmp"), Path("/tmp"))
+#: times a freshly chosen port is replaced when another process takes it before the server binds it
+PORT_ATTEMPTS = 20
+
+
 def default_home() -> Path:
-    return Path(os.environ.get("WORKBOOK_HOME") or ".workbook").expanduser().absolute()
+    """The home every command uses when none is given: see :func:`resolve_home`."""
+    return resolve_home(None)
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """``home`` made absolute, or the default home (``WORKBOOK_HOME``, else ``./.workbook``)."""
-    if home is None:
-        return default_home()
-    if not str(home).strip():
-        raise ClusterError("the workbook home is an empty path; give a folder, e.g. --home ./.workbook")
-    return Path(home).expanduser().absolute()
+    """The workbook home: ``home`` made absolute, else ``WORKBOOK_HOME``, else the default home.
+
+    The default home is ``./.workbook``, with one exception every command shares: as root the
+    server runs as an unprivileged user (see ``_osuser``), which cannot reach a folder under a
+    private (0700) directory such as ``/root/...``. Then the default home is
+    ``/var/tmp/workbook-<uid>-<hash of the working directory>`` (:func:`fallback_home`), so
+    ``up``, ``status``, ``down``, ``lab``, ``report`` and ``open_lab()`` run from the same folder
+    all find the same cluster. A cluster already in one of the two places is kept there. A home
+    given explicitly is never replaced: an unreachable one is refused when the cluster is created.
+    """
+    if home is not None:
+        if not str(home).strip():
+            raise ClusterError("the workbook home is an empty path; give a folder, e.g. --home ./.workbook")
+        return Path(home).expanduser().absolute()
+    env = config.home()
+    if env is not None:
+        return env
+    local = Path(".workbook").absolute()
+    if os.geteuid() != 0:
+        return local
+    fallback = fallback_home(local.parent)
+    if (local / "cluster.json").exists():
+        return local
+    if (fallback / "cluster.json").exists() or not server_user_can_reach(local):
+        return fallback
+    return local
+
+
+def fallback_home(cwd: Path | None = None) -> Path:
+    """``/var/tmp/workbook-<uid>-<12 hex digits of sha256(cwd)>``: the default home as root when
+    ``./.workbook`` is out of the server user's reach (one per working directory)."""
+    cwd = (cwd or Path.cwd()).absolute()
+    digest = hashlib.sha256(str(cwd).encode()).hexdigest()[:12]
+    root = next((r for r in FALLBACK_ROOTS if r.is_dir()), FALLBACK_ROOTS[-1])
+    return root / f"workbook-{os.getuid()}-{digest}"
+
+
+def server_user_can_reach(path: Path) -> bool:
+    """Can the server's OS user traverse every existing directory on the way to ``path``?
+
+    Read from the permission bits (no process is started and no user is created): a directory
+    is traversable by that user when it owns it, is in its group, or "others" may search it.
+    """
+    try:
+        entry = pwd.getpwnam(config.pg_user())
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:  # not created yet: only "others" bits count
+        uid = gid = -1
+    path = path.absolute()
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = os.stat(d)
+        except FileNotFoundError:
+            break  # made later by root, world-traversable (0755)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return True  # a file in the way: check_home reports that
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return False
+    return True
 
 
 def check_home(home: Path) -> None:
@@ -176,9 +249,12 @@ class LocalCluster:
         port: int | None = None,
     ) -> None:
         self.home = resolve_home(home)
+        #: the home is the root fallback for this working directory (said once, when the cluster is
+        #: created; lab.py and others resolve the home first and pass it on, so judged by value)
+        self._home_by_rule = os.geteuid() == 0 and self.home == fallback_home()
         self._pg_bin = pg_bin
         self._port_explicit = port is not None
-        self._port = check_port(port) if port is not None else _env_port()
+        self._port = check_port(port) if port is not None else config.port()
         self.last_failover: Failover | None = None  # set by promote()
         self._lock_depth = 0
         self._lock_fd: int | None = None
@@ -264,7 +340,7 @@ class LocalCluster:
     def bins(self) -> PgBinaries:
         if self._bins is None:
             pg_bin = self._pg_bin
-            if pg_bin is None and self.initialized and "WORKBOOK_PG_BIN" not in os.environ:
+            if pg_bin is None and self.initialized and config.pg_bin() is None:
                 pg_bin = self._load().get("pg_bin_override")
             bins = PgBinaries.locate(pg_bin)
             if self.run_as.drops_privileges:
@@ -449,22 +525,35 @@ class LocalCluster:
             spec = NodeSpec(name="primary", role="primary", port=port)
             node = self._node(spec)
             node.initdb(SUPERUSER, password)
-            self._save({
+            state = {
                 "version": STATE_VERSION,
                 "pg_version": bins.version,
-                "pg_bin_override": str(self._pg_bin) if self._pg_bin else os.environ.get("WORKBOOK_PG_BIN"),
+                "pg_bin_override": str(self._pg_bin or config.pg_bin() or "") or None,
                 "superuser": SUPERUSER,
                 "database": DATABASE,
                 "sync": {"mode": "async", "standbys": 0},
                 "nodes": [asdict(spec)],
-            })
-            node.start()
+            }
+            self._save(state)
+
+            def moved(new_port: int) -> None:
+                state["nodes"] = [asdict(spec)]
+                self._save(state)
+
+            self._start_new(node, spec, fresh_port=self._port is None, on_move=moved)
             with self._connect(spec, dbname="postgres") as conn:
                 from psycopg import sql
 
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
             with self._connect(spec) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if self._home_by_rule:
+                print(
+                    f"note: ./.workbook is out of reach of the server user {self.run_as.name!r} (a parent folder "
+                    f"is private), so the cluster lives in {self.home}; every workbook command run from "
+                    f"{Path.cwd()} finds it there (--home or WORKBOOK_HOME to choose another)",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
         except BaseException:
             node_root = self.home / "nodes" / "primary"
             if (node_root / "data").exists():
@@ -475,6 +564,27 @@ class LocalCluster:
                 for p in ("nodes", "secrets", "run", "pg"):
                     shutil.rmtree(self.home / p, ignore_errors=True)
             raise
+
+    def _start_new(self, node: Node, spec: NodeSpec, *, fresh_port: bool,
+                   on_move: Callable[[int], None] | None = None, timeout: float = 60.0) -> None:  # fmt: skip
+        """Start a node that was just made. When its port was chosen here (not named by the user)
+        and another process takes it between choosing and binding, move to the next free port:
+        ``spec``, the node's ``workbook.conf`` and (through ``on_move``) the state follow.
+        A port the user named, or an existing node's, stays a :class:`PortInUse` error."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                node.start(timeout=timeout)
+                return
+            except PortInUse:
+                if not fresh_port or attempt == PORT_ATTEMPTS - 1:
+                    raise
+            taken = {s.port for s in self._specs()} if self.initialized else set()
+            port = free_port(node.port + 1, taken | {node.port})
+            log.info("port %d was taken before node %r could bind it; moving to %d", node.port, node.name, port)
+            node.port = spec.port = port
+            node.write_conf()
+            if on_move is not None:
+                on_move(port)
 
     def stop(self) -> None:
         """Stop every node (replicas first); data stays for the next ``up``.
@@ -552,12 +662,13 @@ class LocalCluster:
             taken = {s.port for s in self._specs(state)}
             port = free_port(max(taken) + 1, taken)
             spec = NodeSpec(name=name, role="replica", port=port, slot=f"wb_{name}")
-            self._build_replica(spec, timeout=timeout)
+            self._build_replica(spec, timeout=timeout, fresh_port=True)
             state["nodes"].append(asdict(spec))
             self._save(state)
         return self._status_of(name)
 
-    def _build_replica(self, spec: NodeSpec, *, timeout: float) -> None:
+    def _build_replica(self, spec: NodeSpec, *, timeout: float, fresh_port: bool = False) -> None:
+        """pg_basebackup a replica and start it; ``fresh_port``: its port was just chosen (see _start_new)."""
         prim = self._primary_spec()
         node = self._node(spec)
         node.kill()
@@ -582,7 +693,7 @@ class LocalCluster:
                     f"pg_basebackup for replica {spec.name!r} failed: {' '.join(res.stderr.split())[-300:]}"
                 )
             node.write_conf()
-            node.start(timeout=timeout)
+            self._start_new(node, spec, fresh_port=fresh_port, timeout=timeout)
             self._wait_streaming(spec, timeout=timeout)
         except BaseException:
             node.kill()
@@ -916,14 +1027,3 @@ class LocalCluster:
                 return got is not None and target_lsn is not None and got >= target_lsn
 
             wait_until(caught_up, timeout=timeout, what=f"replica {spec.name!r} to catch up")
-
-
-def _env_port() -> int | None:
-    raw = os.environ.get("WORKBOOK_PORT")
-    if not raw:
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ClusterError(f"WORKBOOK_PORT must be a port number, not {raw!r}") from None
-    return check_port(port, "WORKBOOK_PORT")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import config
 from ..errors import ClusterError
 
-DEFAULT_SYSTEM_USER = "workbook_pg"
+DEFAULT_SYSTEM_USER = config.DEFAULT_PG_USER
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class RunAs:
     def for_current_process(cls) -> RunAs:
         if os.geteuid() != 0:
             return cls(name=pwd.getpwuid(os.geteuid()).pw_name)
-        name = os.environ.get("WORKBOOK_PG_USER", DEFAULT_SYSTEM_USER)
+        name = config.pg_user()
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
