@@ -86,7 +86,7 @@ NOTEBOOKS = {
                      "00_start_here", 15)),
         ("code", OPEN + "\n\nlesson = lab.lesson(\"planner\")  # the same steps the report runs (workbook/lessons/planner.py)"),
         ("md", "## Misestimates and extended statistics\n\nA conversation's user always belongs to the conversation's org: the planner, assuming independent columns, multiplies their selectivities and expects far too few rows."),
-        ("code", "stats = lesson.step(\"extended_statistics\")\nstats"),
+        ("code", "stats = lesson.step(\"extended_statistics\")\nstats[\"summary\"]"),
         ("md", "## OFFSET vs keyset, page by page\n\nBoth arms have the index the feed needs. OFFSET still reads every row before the page: watch keyset's advantage grow with the page number."),
         ("code", "pages = lesson.step(\"keyset_vs_offset\")\nfor page, c in pages.items():\n    print(f\"page {page:>4}: {c.verdict.text}\")"),
         ("md", "## N+1 vs one JOIN\n\nThirty round trips against one statement, both with the index they need."),

@@ -89,3 +89,48 @@ def test_rows_removed_by_filter_fires_when_the_index_misses_a_column(conn: Any, 
     fixed = type(spec)(name="wb_org_role", table="messages", keys=("org_id", "role"))
     with WhatIfIndex(fixed).applied(conn):
         assert "rows_removed_by_filter" not in rules(conn, query, {"org": org})
+
+
+# ---- early termination: fewer rows than estimated because the executor stopped early is no misestimate
+def test_a_sort_or_scan_cut_short_by_limit_is_not_a_misestimate(conn: Any) -> None:
+    sort = explain(conn, "SELECT * FROM ai_app.messages ORDER BY created_at DESC LIMIT 20")
+    assert sort.summary() == "Limit > Sort > Seq Scan on messages"
+    limit, sorted_, scan = sort.nodes
+    assert sorted_.stopped_early and sorted_.misestimate is None, "the sort returned 20 of its rows: stopped, not wrong"
+    assert not scan.stopped_early and scan.misestimate is not None, "the Sort read all of the scan: it is judged"
+    assert "row_misestimate" not in [f.rule for f in findings(sort)]
+    walk = explain(conn, "SELECT * FROM ai_app.messages ORDER BY id LIMIT 20")
+    assert walk.nodes[1].node_type == "Index Scan" and walk.nodes[1].stopped_early
+    assert "row_misestimate" not in [f.rule for f in findings(walk)]
+    frame = sort.frame()
+    assert list(frame["stopped_early"]) == [False, True, False]
+
+
+def _node(node_type: str, est: float, act: float, *children: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"Node Type": node_type, "Plan Rows": est, "Actual Rows": act, "Actual Loops": 1,
+            "Actual Total Time": 1.0, **extra, "Plans": list(children)}  # fmt: skip
+
+
+def test_semi_join_inner_merge_join_sides_and_exists_subplans_stop_early() -> None:
+    from workbook.experiment import parse_plan
+
+    semi = parse_plan({"Plan": _node("Nested Loop", 100, 90, _node("Seq Scan", 100, 100),
+                                     _node("Index Scan", 5000, 1), **{"Join Type": "Semi"})})  # fmt: skip
+    outer, inner = semi.nodes[1], semi.nodes[2]
+    assert inner.stopped_early and inner.misestimate is None and not outer.stopped_early
+    inner_join = parse_plan({"Plan": _node("Nested Loop", 100, 90, _node("Seq Scan", 100, 100),
+                                           _node("Index Scan", 5000, 1), **{"Join Type": "Inner"})})  # fmt: skip
+    assert not inner_join.nodes[2].stopped_early and inner_join.nodes[2].misestimate == 5000
+    merge = parse_plan({"Plan": _node("Merge Join", 10, 10, _node("Index Scan", 10, 10), _node("Index Scan", 90000, 12))})
+    assert merge.nodes[2].stopped_early and merge.nodes[2].misestimate is None
+    exists = parse_plan({"Plan": _node("Seq Scan", 1000, 10, _node("Index Scan", 500, 1, **{
+        "Parent Relationship": "SubPlan", "Subplan Name": "SubPlan 1"}), Filter="(EXISTS(SubPlan 1))")})  # fmt: skip
+    assert exists.nodes[1].stopped_early and exists.nodes[1].misestimate is None
+    # a blocking node in between: the Limit stops the Hash Join, not the Seq Scan the Hash drained
+    blocked = parse_plan({"Plan": _node("Limit", 10, 10, _node("Hash Join", 1000, 10, _node("Seq Scan", 1000, 12),
+                                        _node("Hash", 50000, 50000, _node("Seq Scan", 50000, 50000))))})  # fmt: skip
+    join, probe, hash_, drained = blocked.nodes[1:]
+    assert join.stopped_early and probe.stopped_early and not hash_.stopped_early and not drained.stopped_early
+    # an underestimate stays an underestimate even where the node was stopped early
+    under = parse_plan({"Plan": _node("Limit", 10, 10, _node("Index Scan", 2, 10))})
+    assert under.nodes[1].misestimate == 5 and under.nodes[1].misestimate_direction == "under"

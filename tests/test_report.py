@@ -62,7 +62,8 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert text.count("95% CI") >= 17 and "faster, 95% CI" in text
     assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text
     assert "Index Scan using messages_conversation_created" in text
-    assert "class='mis'" in text, "misestimates are marked in the plan tables"
+    assert "class='num mis'" in text, "the correlated-columns misestimate is marked in its plan table"
+    assert "stopped early" in text, "a Sort cut short by its Limit is not called a misestimate"
     assert "seq_scan_selective_filter" in text
     assert "recommended DDL" in text and "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
     assert "<script" not in text and "<link" not in text and not re.search(r"src=['\"]https?://", text), "nothing to fetch"

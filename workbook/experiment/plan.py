@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import psycopg
 
 DEFAULT_TIMEOUT_S = 60.0
+# nodes that read all of their input before they return a row: a Limit above them cannot stop what is below
+_BLOCKING = frozenset({"Sort", "Hash", "HashSetOp"})
 
 
 class QueryFailed(WorkbookError):
@@ -106,17 +108,60 @@ class PlanNode:
         return float(self.raw["Actual Rows"]) * self.loops
 
     @property
+    def stopped_early(self) -> bool:
+        """Whether the executor stopped pulling rows from this node before it ran out.
+
+        A node under a ``Limit`` (with no node between them that reads all its input first: a
+        Sort, a Hash, a hashed or plain Aggregate), the inner side of a semi or anti join (it stops
+        at the first match), either side of a Merge Join (it stops when the other side ends) and
+        an ``EXISTS`` subplan (it stops at its first row) return fewer rows than they would have:
+        the planner's estimate is for a complete run, so fewer actual rows is not a misestimate.
+        """
+        if self.node_type == "Hash":
+            return False  # it hands the whole table it built to its join at once
+        child: PlanNode = self
+        node = self.parent
+        if self.raw.get("Parent Relationship") == "SubPlan" and self.raw.get("Subplan Name"):
+            name = str(self.raw["Subplan Name"])
+            if any(name in str(v) and "EXISTS" in str(v).upper() for a in self._ancestors() for v in a.raw.values()):
+                return True
+        while node is not None:
+            nt = node.node_type
+            if nt == "Limit":
+                return True
+            if nt in ("Nested Loop", "Merge Join", "Hash Join"):
+                semi = str(node.raw.get("Join Type", "")) in ("Semi", "Anti", "Right Semi", "Right Anti")
+                inner = len(node.children) > 1 and child is node.children[1]
+                if nt == "Merge Join" or (semi and inner and nt == "Nested Loop"):
+                    return True
+            hashed = node.raw.get("Strategy") in ("Hashed", "Plain", "Mixed") and nt in ("Aggregate", "SetOp")
+            if nt in _BLOCKING or hashed:
+                return False  # it read all of its input before returning anything
+            child, node = node, node.parent
+        return False
+
+    def _ancestors(self) -> list[PlanNode]:
+        out, node = [], self.parent
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    @property
     def misestimate(self) -> float | None:
-        """How many times off the row estimate was (≥ 1), per loop; None when not executed."""
+        """How many times off the row estimate was (≥ 1), per loop; None when not executed, or
+        when the node returned fewer rows only because the executor stopped it early."""
         if not self.executed:
             return None
         est = max(float(self.raw.get("Plan Rows", 0)), 1.0)
         act = max(float(self.raw["Actual Rows"]), 1.0)
+        if act < est and self.stopped_early:
+            return None
         return max(est, act) / min(est, act)
 
     @property
     def misestimate_direction(self) -> str | None:
-        if not self.executed:
+        if self.misestimate is None:
             return None
         est, act = float(self.raw.get("Plan Rows", 0)), float(self.raw["Actual Rows"])
         return "under" if act > est else "over" if act < est else "exact"
@@ -264,6 +309,7 @@ class Plan:
                     "loops": n.loops,
                     "misestimate": n.misestimate,
                     "misestimate_direction": n.misestimate_direction,
+                    "stopped_early": n.stopped_early,
                     "inclusive_ms": n.inclusive_ms,
                     "exclusive_ms": n.exclusive_ms,
                     "shared_hit": int(r.get("Shared Hit Blocks", 0) or 0),

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..cluster.target import redact_text
 from ..errors import WorkbookError
-from ..experiment.findings import Finding
+from ..experiment.findings import MISESTIMATE_FACTOR, Finding
 from ..experiment.plan import Plan, parse_plan
 from ..experiment.runs import Comparison, Run
 from ..experiment.timing import Verdict
@@ -33,7 +33,8 @@ section.experiment { border-top: 2px solid #1f77b4; margin-top: 2em; padding-top
 section.lesson { border-top: 4px solid #444; margin-top: 3em; } .claim { font-size: 1.1em; font-style: italic; }
 .verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
-pre { padding: 8px; overflow-x: auto; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
+pre { padding: 8px; overflow-x: auto; } pre.ddl { white-space: pre-wrap; overflow-wrap: anywhere; }
+.stopped { color: #666; font-style: italic; } .not-recommended { color: #555; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
 """
 
 
@@ -89,11 +90,15 @@ def _svg(chart: Any) -> str:
 def _plan_table(plan: Plan) -> str:
     rows = []
     for n in plan.nodes:
-        mis = n.misestimate or 1.0
-        cls = " class='mis'" if mis >= 10 else ""
+        if n.misestimate is None:
+            cell = "<td class='num stopped' title='the executor stopped this node early'>stopped early</td>" \
+                if n.stopped_early else "<td class='num'>–</td>"
+        else:
+            cls = "num mis" if n.misestimate >= MISESTIMATE_FACTOR else "num"
+            cell = f"<td class='{cls}'>{n.misestimate:,.1f}x {html.escape(n.misestimate_direction or '')}</td>"
         rows.append(
             f"<tr><td>{'&nbsp;' * 4 * n.depth}{html.escape(n.label)}</td><td class='num'>{n.estimated_rows:,.0f}</td>"
-            f"<td class='num'>{(n.actual_rows or 0):,.0f}</td><td class='num'{cls}>{mis:,.1f}x</td>"
+            f"<td class='num'>{(n.actual_rows or 0):,.0f}</td>{cell}"
             f"<td class='num'>{(n.exclusive_ms or 0):.3f}</td><td class='num'>{n.get('Shared Hit Blocks', 0)}/{n.get('Shared Read Blocks', 0)}</td></tr>"
         )
     return ("<table><tr><th>node</th><th>est. rows</th><th>actual rows</th><th>misestimate</th><th>self ms</th>"
@@ -116,7 +121,34 @@ def _environment(comps: list[Comparison]) -> str:
     return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _experiment(c: Comparison, i: int) -> str:
+def recommendations(comps: list[Comparison]) -> dict[str, tuple[bool, str]]:
+    """comparison id -> (recommended?, why) for every comparison whose treatment builds an index.
+
+    Recommended: measurably faster, and the fastest such index for its query shape. Every other
+    tested index says why not: slower, no difference, negligible, or dominated by a better one.
+    """
+    out: dict[str, tuple[bool, str]] = {}
+    best: dict[str, Comparison] = {}
+    tested = [c for c in comps if any(k.get("ddl") for k in c.treatment.knobs)]
+    for c in tested:
+        if c.verdict.kind == "faster" and (c.shape not in best or c.verdict.ratio > best[c.shape].verdict.ratio):
+            best[c.shape] = c
+    for c in tested:
+        v = c.verdict
+        if v.kind != "faster":
+            out[c.comparison_id] = (False, {"slower": f"it made the query slower ({v.text})",
+                                            "negligible": f"the gain is real but negligible ({v.text})"}.get(
+                v.kind, f"no measurable difference ({v.text})"))  # fmt: skip
+        elif best[c.shape] is not c:
+            b = best[c.shape]
+            out[c.comparison_id] = (False, f"dominated by a better index for the same query: {b.treatment.label} "
+                                           f"({b.verdict.ratio:.1f}x vs {v.ratio:.1f}x)")  # fmt: skip
+        else:
+            out[c.comparison_id] = (True, v.text)
+    return out
+
+
+def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -> str:
     from ..ui.charts import before_after, latency_distribution, plan_view
 
     b, t = c.baseline, c.treatment
@@ -140,10 +172,11 @@ def _experiment(c: Comparison, i: int) -> str:
             f"<li>[{w}] <b>{html.escape(f.rule)}</b>: {html.escape(f.message)} — <i>try {html.escape(f.knob)}</i></li>" for w, f in found
         ) + "</ul>")  # fmt: skip
     ddl = [k["ddl"] for k in t.knobs if k.get("ddl")]
-    if ddl and kind == "faster":
-        parts.append("<h3>recommended DDL</h3><pre>" + html.escape(";\n".join(ddl)) + ";</pre>")
+    recommended, why = advice if advice is not None else (kind == "faster", c.verdict.text)
+    if ddl and recommended:
+        parts.append("<h3>recommended DDL</h3><pre class='ddl'>" + html.escape(";\n".join(ddl)) + ";</pre>")
     elif ddl:
-        parts.append(f"<p>not recommended: the index did not make this query measurably faster ({html.escape(kind)}).</p>")
+        parts.append(f"<p class='not-recommended'>tested, not recommended: {html.escape(why)}.</p>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -153,6 +186,7 @@ def render(comps: list[Comparison], *, title: str = "Database optimization repor
     """The report as one HTML string."""
     if not comps:
         raise WorkbookError("nothing to report: the results store has no comparison yet (run lab.compare(...) or workbook compare)")
+    advice = recommendations(comps)
     summary = "".join(
         f"<tr><td><a href='#exp{i}'>{html.escape(c.shape)}</a></td><td>{html.escape(c.treatment.label)}</td>"
         f"<td class='{html.escape(c.verdict.kind)}'>{html.escape(c.verdict.text)}</td>"
@@ -168,7 +202,7 @@ def render(comps: list[Comparison], *, title: str = "Database optimization repor
         "<h2>Environment</h2>" + _environment(comps)
         + "<h2>Summary</h2><table><tr><th>query shape</th><th>change</th><th>verdict</th><th>median before (ms)</th>"
         "<th>median after (ms)</th></tr>" + summary + "</table>"
-        + "\n".join(_experiment(c, i) for i, c in enumerate(comps, 1))
+        + "\n".join(_experiment(c, i, advice.get(c.comparison_id)) for i, c in enumerate(comps, 1))
     )  # fmt: skip
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>{body}</body></html>")  # fmt: skip
@@ -183,19 +217,33 @@ def _flat(figures: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, figures)]
 
 
-def _output(label: str, value: Any, counter: list[int]) -> str:
+def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[bool, str]]) -> str:
     """One measured object of a lesson step, as HTML."""
     import pandas as pd
 
     head = f"<h3>{html.escape(label)}</h3>" if label else ""
     if isinstance(value, Comparison):
         counter[0] += 1
-        return _experiment(value, counter[0])
+        return _experiment(value, counter[0], advice.get(value.comparison_id))
     if isinstance(value, Plan):
         return f"{head}<p><code>{html.escape(value.summary())}</code></p>{_plan_table(value)}"
     if isinstance(value, pd.DataFrame):
         return head + value.to_html(index=False, border=0, float_format=lambda x: f"{x:,.4g}")
     return f"{head}<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
+
+
+def _recommended_block(comps: list[Comparison], advice: dict[str, tuple[bool, str]]) -> str:
+    keep = [c for c in comps if advice.get(c.comparison_id, (False, ""))[0]]
+    if not keep:
+        return "<h2>Recommended changes</h2><p>No tested index made a query measurably faster.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(c.shape)}</td><td>{html.escape(c.verdict.text)}</td><td><pre class='ddl'>"
+        + html.escape(";\n".join(k["ddl"] for k in c.treatment.knobs if k.get("ddl"))) + ";</pre></td></tr>"
+        for c in keep
+    )  # fmt: skip
+    return ("<h2>Recommended changes</h2><p>Only changes with a measured, significant benefit, the best one per "
+            "query shape; the others are listed with their experiment as tested, not recommended.</p>"
+            f"<table><tr><th>query shape</th><th>verdict</th><th>DDL</th></tr>{rows}</table>")  # fmt: skip
 
 
 def render_lessons(results: list[Any], *, title: str = "Database optimization report", dsns: list[str] | None = None,
@@ -207,6 +255,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     if not results:
         raise WorkbookError("nothing to report: no lesson was run")
     comps = [c for r in results for c in r.comparisons]
+    advice = recommendations(comps)
     toc = "".join(f"<li><a href='#lesson-{html.escape(r.name)}'>{html.escape(r.lesson.title)}</a> "
                   f"({r.seconds:.1f} s)</li>" for r in results)  # fmt: skip
     phases = ""
@@ -222,7 +271,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
                  f"<details><summary>figures ({html.escape(r.name)})</summary><table>{figs}</table></details>"]  # fmt: skip
         for step in r.lesson.steps:
             parts.append(f"<h2>{html.escape(step.title)}</h2><p>{html.escape(step.text)}</p>")
-            parts += [_output(label, value, counter) for label, value in walk(r.outputs.get(step.name))]
+            parts += [_output(label, value, counter, advice) for label, value in walk(r.outputs.get(step.name))]
         refs = "".join(f"<li><a href='{html.escape(u)}'>{html.escape(t)}</a></li>" for t, u in r.lesson.references)
         if refs:
             parts.append(f"<h2>References</h2><ul>{refs}</ul>")
@@ -232,6 +281,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
         f"<h1>{html.escape(title)}</h1><p class='sub'>generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} "
         f"from {len(results)} lessons, {len(comps)} measured comparisons</p>{phases}"
         f"<h2>Contents</h2><ol>{toc}</ol>"
+        + _recommended_block(comps, advice)
         + ("<h2>Environment</h2>" + _environment(comps) if comps else "")
         + "\n".join(sections)
     )  # fmt: skip

@@ -8,7 +8,6 @@ render it. No SQL here.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
 from ..experiment.plan import Plan, log_factor
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..experiment.runs import Comparison, Run
+    from ..traffic import LoadRun, Sweep
 
 BASELINE_COLOUR = "#8c8c8c"
 TREATMENT_COLOUR = "#1f77b4"
@@ -32,9 +32,17 @@ SVG_PADDING = {"left": 40, "right": 60, "top": 5, "bottom": 5}
 
 def svg(chart: Any) -> str:
     """An Altair chart as SVG text (rendered by vl-convert, in this process: no JavaScript, no network)."""
-    buf = io.StringIO()
-    chart.properties(padding=SVG_PADDING).save(buf, format="svg")
-    return buf.getvalue()
+    import vl_convert as vlc
+
+    # the chart functions build valid specs: no JSON-schema validation, and the padding and text
+    # sizes go into the spec as plain dict entries (each Altair .properties()/.configure_*() call
+    # deep-copies the whole chart, which cost more than drawing it)
+    spec = chart.to_dict(validate=False)
+    spec["padding"] = SVG_PADDING
+    config = spec.setdefault("config", {})
+    for key, value in STYLE.items():
+        config[key] = {**value, **config.get(key, {})}
+    return str(vlc.vegalite_to_svg(spec))
 
 
 def _alt() -> Any:
@@ -43,13 +51,32 @@ def _alt() -> Any:
     return alt
 
 
+FONT = 12  # px: axis labels, titles and legends are read at a glance in the report and in JupyterLab
+LABEL_LIMIT = 420  # px an axis label may take before it is cut: arm labels are index names
+
+
+# readable text on every chart: 12 px labels, 14 px titles, labels cut only when very long
+STYLE: dict[str, dict[str, Any]] = {
+    "axis": {"labelFontSize": FONT, "titleFontSize": FONT, "labelLimit": LABEL_LIMIT},
+    "title": {"fontSize": 14, "subtitleFontSize": FONT},
+    "legend": {"labelFontSize": FONT, "titleFontSize": FONT},
+}
+
+
 def _arm_rows(c: Comparison) -> list[tuple[str, Run, str]]:
-    return [("baseline: " + c.baseline.label, c.baseline, BASELINE_COLOUR),
-            ("treatment: " + c.treatment.label, c.treatment, TREATMENT_COLOUR)]  # fmt: skip
+    def name(side: str, label: str) -> str:
+        return side if label in ("", side) else f"{side}: {label}"
+
+    return [(name("baseline", c.baseline.label), c.baseline, BASELINE_COLOUR),
+            (name("treatment", c.treatment.label), c.treatment, TREATMENT_COLOUR)]  # fmt: skip
 
 
 def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
-    """Median latency of each arm, with the 95 % bootstrap interval as whiskers; the verdict as title."""
+    """Median latency of each arm, with the 95 % bootstrap interval as whiskers; the verdict as title.
+
+    When one arm is more than 10x the other the axis is logarithmic (a linear one would draw the
+    fast arm's bar as a line) and each bar carries its median in ms, so the ratio reads off the chart.
+    """
     import pandas as pd
 
     alt = _alt()
@@ -59,14 +86,29 @@ def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
         rows.append({"arm": name, "median_ms": run.median_ms, "ci_low": lo, "ci_high": hi, "colour": colour,
                      "p95_ms": run.p95_ms, "plan": run.plan.summary() if run.plan else ""})  # fmt: skip
     df = pd.DataFrame(rows)
+    medians = [r["median_ms"] or 0.0 for r in rows]
+    wide = min(medians) > 0 and max(medians) / min(medians) > 10
+    scale = alt.Scale(type="log") if wide else alt.Scale(zero=True)
+    df["label"] = [f"{m:.3g} ms" for m in medians]
     base = alt.Chart(df).encode(y=alt.Y("arm:N", title=None, sort=None))
-    bars = base.mark_bar().encode(
-        x=alt.X("median_ms:Q", title="median latency (ms), 95% CI"),
+    x_title = "median latency (ms, log scale), 95% CI" if wide else "median latency (ms), 95% CI"
+    if wide:  # a log axis has no zero: bars start at the power of ten below the smallest interval
+        import math
+
+        floor = 10 ** math.floor(math.log10(max(min(r["ci_low"] or m for r, m in zip(rows, medians)), 1e-6)))
+        scale = alt.Scale(type="log", domainMin=floor)
+        df["floor"] = floor
+        top = max(r["ci_high"] or m for r, m in zip(rows, medians))
+        ticks = [floor * 10**k for k in range(int(math.log10(top / floor)) + 2)]
+    axis = alt.Axis(values=ticks, format="~g") if wide else alt.Axis()
+    bars = base.mark_bar(height=22).encode(
+        x=alt.X("median_ms:Q", title=x_title, scale=scale, axis=axis), **({"x2": alt.X2("floor:Q")} if wide else {}),
         color=alt.Color("colour:N", scale=None),
         tooltip=["arm", alt.Tooltip("median_ms:Q", format=".3f"), alt.Tooltip("p95_ms:Q", format=".3f"), "plan"],
     )
-    whiskers = base.mark_rule(strokeWidth=2, color="black").encode(x="ci_low:Q", x2="ci_high:Q")
-    return (bars + whiskers).properties(
+    whiskers = base.mark_rule(strokeWidth=2, color="black").encode(x=alt.X("ci_low:Q", scale=scale), x2="ci_high:Q")
+    text = base.mark_text(align="left", dx=4, fontSize=FONT).encode(x=alt.X("ci_high:Q", scale=scale), text="label:N")
+    return (bars + whiskers + text).properties(
         width=width, title={"text": [f"{c.shape}:", c.verdict.text],  # two lines: a verdict with its interval is long
                             "subtitle": "interleaved repetitions" if c.interleaved else "sequential repetitions"}  # fmt: skip
     )
@@ -82,7 +124,7 @@ def latency_distribution(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     )
     scale = alt.Scale(type="log")
     order = [name for name, _, _ in _arm_rows(c)]  # baseline above treatment, as in before_after (the box plot's aggregate reorders otherwise)
-    box = alt.Chart(df).mark_boxplot(extent=1.5, opacity=0.5).encode(
+    box = alt.Chart(df).mark_boxplot(extent=1.5, opacity=0.5, size=18).encode(
         y=alt.Y("arm:N", title=None, sort=order), x=alt.X("ms:Q", scale=scale, title="latency per execution (ms, log)")
     )
     dots = alt.Chart(df).mark_tick(opacity=0.6).encode(y=alt.Y("arm:N", sort=order), x=alt.X("ms:Q", scale=scale))
@@ -139,7 +181,7 @@ def plan_view(plan: Plan, *, width: int = 640, title: str | None = None) -> alt.
         color=alt.Color("log10_misestimate:Q", title="misestimate (log10 x)",
                         scale=alt.Scale(domain=[0, 3], range=["#d9ead3", "#fce5cd", "#cc0000"], clamp=True))  # fmt: skip
     )
-    labels = base.mark_text(align="left", dx=3, fontSize=11, limit=width).encode(
+    labels = base.mark_text(align="left", dx=3, fontSize=FONT, limit=width).encode(
         x="x0:Q", text="text:N"
     )
     heading = title or (f"plan: {plan.execution_ms:.3f} ms executed" if plan.analyzed else f"plan: cost {plan.total_cost:,.0f}")
@@ -175,3 +217,111 @@ def tradeoff_frame(rows: list[tuple[str, Comparison, Any]]) -> pd.DataFrame:
         [{"index": name, "speedup": c.verdict.ratio, "write_ratio": cost.write_ratio, "size_bytes": cost.size_bytes}
          for name, c, cost in rows]  # fmt: skip
     )
+
+
+# ---- load runs (workbook.traffic) -------------------------------------------------------------
+ERROR_COLOURS = {
+    "too_many_clients": "#d62728", "pool_timeout": "#ff7f0e", "statement_timeout": "#9467bd",
+    "lock_timeout": "#8c564b", "serialization_failure": "#e377c2", "deadlock": "#17becf",
+    "connection_lost": "#7f7f7f", "skipped": "#bcbd22", "other": "#393b79",
+}  # fmt: skip
+
+
+def load_percentiles(runs: Sweep | list[LoadRun], *, width: int = 420) -> alt.Chart:
+    """p50/p95/p99 latency against clients (one point per run of a sweep): where the tail bends."""
+    import pandas as pd
+
+    alt = _alt()
+    items = runs.runs if hasattr(runs, "runs") else runs
+    rows = [{"clients": r.clients, "percentile": k[:-3], "ms": v}
+            for r in items for k, v in r.latency().items() if k in ("p50_ms", "p95_ms", "p99_ms")]  # fmt: skip
+    df = pd.DataFrame(rows)
+    mix = items[0].mix if items else ""
+    return (
+        alt.Chart(df).mark_line(point=True)
+        .encode(x=alt.X("clients:Q", title="concurrent clients", scale=alt.Scale(type="log", base=2)),
+                y=alt.Y("ms:Q", title="latency (ms, log)", scale=alt.Scale(type="log")),
+                color=alt.Color("percentile:N", sort=["p50", "p95", "p99"], title=None),
+                tooltip=[alt.Tooltip("clients:Q"), alt.Tooltip("percentile:N"), alt.Tooltip("ms:Q", format=".3f")])
+        .properties(width=width, title=f"{mix}: latency percentiles vs clients")
+    )  # fmt: skip
+
+
+def _event_rules(run: LoadRun, events: list[tuple[float, str]] | None) -> pd.DataFrame:
+    import pandas as pd
+
+    evs = run.events if events is None else events
+    # many identical events (every timeout) would bury the chart: keep the first of each label per second
+    seen: set[tuple[int, str]] = set()
+    rows = []
+    for t, label in evs:
+        key = (int(t), label)
+        if key not in seen:
+            seen.add(key)
+            rows.append({"t": float(t), "event": label})
+    return pd.DataFrame(rows[:50], columns=["t", "event"])
+
+
+def load_timeline(run: LoadRun, *, events: list[tuple[float, str]] | None = None, interval_s: float = 1.0,
+                  width: int = 480) -> alt.VConcatChart:  # fmt: skip
+    """TPS and p95 per interval, one above the other on the same time axis; events (a replica added,
+    a failover, timeouts hit: ``run.events`` unless given) as vertical rules."""
+    alt = _alt()
+    tl = run.timeline(interval_s)
+    ev = _event_rules(run, events)
+    x = alt.X("t:Q", title="seconds into the run")
+    panels = []
+    for field_, title in (("tps", "transactions/s"), ("p95_ms", "p95 latency (ms)")):
+        line = alt.Chart(tl).mark_line(point=True).encode(
+            x=x, y=alt.Y(f"{field_}:Q", title=title), tooltip=[alt.Tooltip("t:Q"), alt.Tooltip(f"{field_}:Q", format=",.2f")])
+        layer = line
+        if not ev.empty:
+            rules = alt.Chart(ev).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(x="t:Q", tooltip=[alt.Tooltip("t:Q"), alt.Tooltip("event:N")])
+            layer = line + rules
+        panels.append(layer.properties(width=width, height=140))
+    return alt.vconcat(*panels).properties(title=f"{run.mix} ({run.driver}, {run.clients} clients): TPS and p95 over time")
+
+
+def load_errors(run: LoadRun, *, interval_s: float = 1.0, width: int = 480) -> alt.Chart:
+    """Failed requests per interval, stacked by error class."""
+    alt = _alt()
+    df = run.errors_timeline(interval_s)
+    classes = [c for c in ERROR_COLOURS if c in set(df["error_class"])] if not df.empty else []
+    total = int(df["count"].sum()) if not df.empty else 0
+    return (
+        alt.Chart(df).mark_bar()
+        .encode(x=alt.X("t:Q", title="seconds into the run"), y=alt.Y("count:Q", title="failed requests", stack=True),
+                color=alt.Color("error_class:N", title="error class",
+                                scale=alt.Scale(domain=classes, range=[ERROR_COLOURS[c] for c in classes])),
+                tooltip=[alt.Tooltip("t:Q"), alt.Tooltip("error_class:N"), alt.Tooltip("count:Q")])
+        .properties(width=width, title=f"{run.mix}: {total} errors by class")
+    )  # fmt: skip
+
+
+def usl_fit(sweep: Sweep, *, width: int = 420) -> alt.LayerChart:
+    """Measured throughput per client count, the fitted USL curve, and its projected peak."""
+    import numpy as np
+    import pandas as pd
+
+    alt = _alt()
+    pts = pd.DataFrame({"clients": [r.clients for r in sweep.runs], "tps": [r.tps for r in sweep.runs]})
+    layers = [alt.Chart(pts).mark_point(filled=True, size=70, color="black").encode(
+        x=alt.X("clients:Q", title="concurrent clients"), y=alt.Y("tps:Q", title="transactions/s"),
+        tooltip=[alt.Tooltip("clients:Q"), alt.Tooltip("tps:Q", format=",.0f")])]
+    title = f"{sweep.runs[0].mix if sweep.runs else ''}: Universal Scalability Law"
+    subtitle = "not fitted (fewer than 3 client counts)"
+    if sweep.usl is not None:
+        u = sweep.usl
+        top = max(pts["clients"].max() * 1.5, min(u.peak_clients * 1.3, pts["clients"].max() * 4)
+                  if np.isfinite(u.peak_clients) else 0)  # fmt: skip
+        n = np.linspace(1, top, 200)
+        curve = pd.DataFrame({"clients": n, "tps": u.throughput(n)})
+        layers.insert(0, alt.Chart(curve).mark_line(color=TREATMENT_COLOUR).encode(x="clients:Q", y="tps:Q"))
+        if np.isfinite(u.peak_clients) and u.peak_clients <= top:
+            peak = pd.DataFrame({"clients": [u.peak_clients], "tps": [u.peak_tps]})
+            layers.append(alt.Chart(peak).mark_point(shape="diamond", size=120, color="#d62728").encode(
+                x="clients:Q", y="tps:Q", tooltip=[alt.Tooltip("clients:Q", format=".1f"), alt.Tooltip("tps:Q", format=",.0f")]))
+        hold = "" if sweep.holdout_error is None else f", held-out point off by {sweep.holdout_error:+.1%}"
+        peak_text = f"peak {u.peak_tps:,.0f} TPS at {u.peak_clients:.0f} clients" if np.isfinite(u.peak_clients) else "no peak (κ = 0)"
+        subtitle = f"σ = {u.sigma:.4f}, κ = {u.kappa:.6f}: {peak_text}{hold}"
+    return alt.layer(*layers).properties(width=width, title={"text": title, "subtitle": subtitle})
