@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from workbook.cluster import LocalCluster
+from workbook.config import DEFAULT_SCALE
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -92,7 +93,7 @@ def replicated() -> Iterator[LocalCluster]:
     shutil.rmtree(parent, ignore_errors=True)
 
 
-LAB_SCALE = float(os.environ.get("WORKBOOK_TEST_SCALE", "0.05"))
+LAB_SCALE = float(os.environ.get("WORKBOOK_TEST_SCALE", str(DEFAULT_SCALE)))  # tests only: not a workbook setting
 
 
 @pytest.fixture(scope="session")

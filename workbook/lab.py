@@ -27,19 +27,6 @@ if TYPE_CHECKING:
     from .results import ResultsStore
     from .ui.panels import DatasetPanel, ExperimentPanel
 
-DEFAULT_SCALE = 0.05
-
-
-def _env_scale() -> float:
-    raw = os.environ.get("WORKBOOK_SCALE")
-    if not raw:
-        return DEFAULT_SCALE
-    try:
-        return float(raw)
-    except ValueError:
-        raise WorkbookError(f"WORKBOOK_SCALE must be a number like 0.05, got {raw!r}") from None
-
-
 @dataclass
 class Lab:
     """A target with the dataset loaded, plus where results go."""
@@ -84,7 +71,9 @@ class Lab:
             raise WorkbookError(
                 "no sample dataset on this read-only target; load it on a writable one (workbook load --allow-writes)"
             )
-        return self.load(scale if scale is not None else _env_scale(), seed, progress=progress)
+        from . import config
+
+        return self.load(scale if scale is not None else config.default_scale(), seed, progress=progress)
 
     def load(self, scale: float, seed: int = 42, progress: Any = True) -> DatasetInfo:
         from .dataset import Generator, load
@@ -158,18 +147,18 @@ def attach_lab(
     *, home: str | os.PathLike[str] | None = None, replicas: int | None = None, target: Target | None = None
 ) -> Lab:
     """Start or attach to the cluster (or use ``target``, or ``WORKBOOK_DSN``) and return the Lab; loads nothing."""
+    from . import config
     from .cluster import LocalCluster, Target, resolve_home
     from .dataset import dataset_info
     from .leftovers import sweep_leftovers
     from .results import ResultsStore
 
     root = resolve_home(home)
-    dsn = os.environ.get("WORKBOOK_DSN")
+    dsn = config.dsn()
     if target is not None:
         pass
     elif dsn:
-        target = Target.from_dsn(dsn, os.environ.get("WORKBOOK_REPLICA_DSNS", "").split(),
-                                 allow_writes=os.environ.get("WORKBOOK_ALLOW_WRITES") == "1")  # fmt: skip
+        target = Target.from_dsn(dsn, config.replica_dsns(), allow_writes=config.allow_writes())
     else:
         cluster = LocalCluster(root)
         cluster.up(replicas=replicas)

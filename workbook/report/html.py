@@ -129,16 +129,33 @@ def recommendations(comps: list[Comparison]) -> dict[str, tuple[bool, str]]:
     """
     out: dict[str, tuple[bool, str]] = {}
     best: dict[str, Comparison] = {}
-    tested = [c for c in comps if any(k.get("ddl") for k in c.treatment.knobs)]
+    def ddl(run: Run) -> set[str]:
+        return {k["ddl"] for k in run.knobs if k.get("ddl")}
+
+    # an index is what a comparison tests when the treatment adds it and changes nothing else
+    # (a rewrite compared with the index on both sides is a lesson about the rewrite)
+    tested = [c for c in comps if c.baseline.variant == c.treatment.variant and ddl(c.treatment) - ddl(c.baseline)]
+    def hurts(c: Comparison) -> Comparison | None:
+        """The same index on the same query shape measured slower elsewhere (another tenant tier)."""
+        added = ddl(c.treatment) - ddl(c.baseline)
+        return next((o for o in tested if o.shape == c.shape and o.verdict.kind == "slower"
+                     and ddl(o.treatment) - ddl(o.baseline) == added), None)  # fmt: skip
+
     for c in tested:
-        if c.verdict.kind == "faster" and (c.shape not in best or c.verdict.ratio > best[c.shape].verdict.ratio):
+        if c.verdict.kind == "faster" and hurts(c) is None and (
+            c.shape not in best or c.verdict.ratio > best[c.shape].verdict.ratio
+        ):
             best[c.shape] = c
     for c in tested:
         v = c.verdict
+        slower = hurts(c)
         if v.kind != "faster":
             out[c.comparison_id] = (False, {"slower": f"it made the query slower ({v.text})",
                                             "negligible": f"the gain is real but negligible ({v.text})"}.get(
-                v.kind, f"no measurable difference ({v.text})"))  # fmt: skip
+                v.kind, v.text))  # fmt: skip
+        elif slower is not None:
+            out[c.comparison_id] = (False, f"a trade-off, not a clear win: {v.text} for the {c.treatment.tier} tenant, "
+                                           f"but {slower.verdict.text} for the {slower.treatment.tier} tenant")  # fmt: skip
         elif best[c.shape] is not c:
             b = best[c.shape]
             out[c.comparison_id] = (False, f"dominated by a better index for the same query: {b.treatment.label} "
@@ -171,9 +188,13 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
         parts.append("<h3>findings</h3><ul>" + "".join(
             f"<li>[{w}] <b>{html.escape(f.rule)}</b>: {html.escape(f.message)} — <i>try {html.escape(f.knob)}</i></li>" for w, f in found
         ) + "</ul>")  # fmt: skip
-    ddl = [k["ddl"] for k in t.knobs if k.get("ddl")]
-    recommended, why = advice if advice is not None else (kind == "faster", c.verdict.text)
-    if ddl and recommended:
+    base_ddl = {k["ddl"] for k in b.knobs if k.get("ddl")}
+    ddl = [k["ddl"] for k in t.knobs if k.get("ddl") and k["ddl"] not in base_ddl]
+    recommended, why = advice if advice is not None else (kind == "faster" and b.variant == t.variant, c.verdict.text)
+    if b.variant != t.variant:
+        parts.append(f"<p class='not-recommended'>a rewrite ({html.escape(b.variant)} → {html.escape(t.variant)}): "
+                     "the indexes on both sides are the same, so there is no DDL to recommend.</p>")  # fmt: skip
+    elif ddl and recommended:
         parts.append("<h3>recommended DDL</h3><pre class='ddl'>" + html.escape(";\n".join(ddl)) + ";</pre>")
     elif ddl:
         parts.append(f"<p class='not-recommended'>tested, not recommended: {html.escape(why)}.</p>")
@@ -238,7 +259,8 @@ def _recommended_block(comps: list[Comparison], advice: dict[str, tuple[bool, st
         return "<h2>Recommended changes</h2><p>No tested index made a query measurably faster.</p>"
     rows = "".join(
         f"<tr><td>{html.escape(c.shape)}</td><td>{html.escape(c.verdict.text)}</td><td><pre class='ddl'>"
-        + html.escape(";\n".join(k["ddl"] for k in c.treatment.knobs if k.get("ddl"))) + ";</pre></td></tr>"
+        + html.escape(";\n".join(k["ddl"] for k in c.treatment.knobs if k.get("ddl") and k not in c.baseline.knobs))
+        + ";</pre></td></tr>"
         for c in keep
     )  # fmt: skip
     return ("<h2>Recommended changes</h2><p>Only changes with a measured, significant benefit, the best one per "

@@ -80,13 +80,13 @@ def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     import pandas as pd
 
     alt = _alt()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, run, colour in _arm_rows(c):
         lo, hi = bootstrap_median_ci(run.samples_ms)
         rows.append({"arm": name, "median_ms": run.median_ms, "ci_low": lo, "ci_high": hi, "colour": colour,
                      "p95_ms": run.p95_ms, "plan": run.plan.summary() if run.plan else ""})  # fmt: skip
     df = pd.DataFrame(rows)
-    medians = [r["median_ms"] or 0.0 for r in rows]
+    medians = [float(r["median_ms"] or 0.0) for r in rows]
     wide = min(medians) > 0 and max(medians) / min(medians) > 10
     scale = alt.Scale(type="log") if wide else alt.Scale(zero=True)
     df["label"] = [f"{m:.3g} ms" for m in medians]
@@ -95,10 +95,10 @@ def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     if wide:  # a log axis has no zero: bars start at the power of ten below the smallest interval
         import math
 
-        floor = 10 ** math.floor(math.log10(max(min(r["ci_low"] or m for r, m in zip(rows, medians)), 1e-6)))
+        floor = 10 ** math.floor(math.log10(max(min(float(r["ci_low"] or m) for r, m in zip(rows, medians)), 1e-6)))
         scale = alt.Scale(type="log", domainMin=floor)
         df["floor"] = floor
-        top = max(r["ci_high"] or m for r, m in zip(rows, medians))
+        top = max(float(r["ci_high"] or m) for r, m in zip(rows, medians))
         ticks = [floor * 10**k for k in range(int(math.log10(top / floor)) + 2)]
     axis = alt.Axis(values=ticks, format="~g") if wide else alt.Axis()
     bars = base.mark_bar(height=22).encode(
