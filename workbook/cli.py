@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--force", action="store_true", help="replace the --duckdb file if it exists")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rs = command("reset", "put the dataset back as it was loaded, from the copy taken before the first write workload")
+    rs.add_argument("--json", action="store_true", help="machine-readable output")
+
     ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
     ex.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
     ex.add_argument("--variant", default=None, help="the shape's variant (default: its first)")
@@ -461,6 +464,19 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    from .dataset.pristine import reset
+
+    target = _external_target(args) or _cluster(args).target()
+    result = reset(target)
+    if args.json:
+        print(json.dumps({"database": result.database, "seconds": result.seconds, "ended_sessions": result.ended_sessions}))
+        return 0
+    ended = f"; ended {result.ended_sessions} session(s) on it" if result.ended_sessions else ""
+    print(f"reset {result.database} to the dataset as loaded in {result.seconds:.2f} s{ended}")
+    return 0
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import checksum, dataset_info, to_duckdb
     from .dataset.duck import check_duckdb_path
@@ -490,6 +506,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             out["stale_staging_bytes"] = stale
         if args.checksum:
             out["checksum"] = checksum(conn).value
+    out["pristine"] = _pristine(target)
     if args.duckdb:
         duck = to_duckdb(target, args.duckdb, force=args.force, protected=protected)
         duck.close()
@@ -505,10 +522,22 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             print(f"{key}: {out[key]}")
     if leftover:
         print(f"note: {leftover}")
+    if out["pristine"] is False:
+        print("note: a workbook run wrote to the dataset since it was loaded; 'workbook reset' puts it back")
     for x in out["leftovers"]:
         print(f"note: {x['kind']} {x['schema']}.{x['name']} on {x['table']} was left behind by a killed run "
               f"({x['built_by']}); the next explain/compare/advise/report drops it on the local cluster")  # fmt: skip
     return 0
+
+
+def _pristine(target: Any) -> bool | None:
+    """Whether the dataset is as loaded (None when that cannot be told, e.g. no right to read it)."""
+    from .dataset.pristine import is_pristine
+
+    try:
+        return is_pristine(target)
+    except WorkbookError:
+        return None
 
 
 def _protected_dirs(args: argparse.Namespace) -> list[Path]:
@@ -664,6 +693,7 @@ COMMANDS = {
     "lab": cmd_lab,
     "load": cmd_load,
     "dataset": cmd_dataset,
+    "reset": cmd_reset,
     "explain": cmd_explain,
     "compare": cmd_compare,
     "advise": cmd_advise,

@@ -81,6 +81,12 @@ class Lab:
         self.info = load(self.target, generator=Generator(seed, scale), progress=progress)
         return self.info
 
+    def reset(self) -> Any:
+        """Put the dataset back as it was loaded (see :mod:`workbook.dataset.pristine`); ends its sessions."""
+        from .dataset.pristine import reset
+
+        return reset(self.target)
+
     # ---- experiments --------------------------------------------------------------------
     def explain(self, shape: str, variant: str | None = None, tier: str = "hot") -> Plan:
         from .experiment import explain_shape

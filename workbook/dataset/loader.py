@@ -377,6 +377,7 @@ def load(
             control.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
             control.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(STAGING), sql.Identifier(SCHEMA)))
         job.lap("swap_commit")
+        _forget_writes(control)
         job.close()
     except BaseException as exc:
         job.abandon(exc)
@@ -387,6 +388,15 @@ def load(
         if bar is not None:
             bar.close()
     return DatasetInfo(**{**info.as_dict(), "load_seconds": round(time.perf_counter() - job.t0, 3)})
+
+
+def _forget_writes(conn: psycopg.Connection[Any]) -> None:
+    """A new load is pristine: clear the note a write workload left on the database (see pristine.py)."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(conn.info.dbname)))
+    except psycopg.errors.InsufficientPrivilege:
+        pass  # not the database's owner: there is no note of ours to clear either
 
 
 def _progress(progress: bool | ProgressFn, total: int) -> tuple[Any, ProgressFn | None]:
