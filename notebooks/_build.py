@@ -58,6 +58,8 @@ NOTEBOOKS = {
         ("md", "## Summary\n\nA foreign key is not an index: the missing one made every conversation read scan every tenant's messages. A composite index with the equality column first and the ORDER BY column next answers \"the latest twenty\" from its first entries; the same columns in the other order cannot. A partial index serves a rare predicate at a fraction of the size. Every index is maintained on every insert: read the write cost before you keep one.\n\n**What's next:** `02_jsonb_and_gin` — indexes for the JSONB metadata.\n\n**References:** PostgreSQL documentation, *Indexes*; *Multicolumn Indexes*; *Partial Indexes*; *Index-Only Scans and Covering Indexes*."),
         ("md", "## Your turn\n\nTick an index, press **Run**: the plan, the verdict and the DDL to keep it."),
         ("code", "lab.panel(\"conversation_latest_messages\")"),
+        ("md", "## On your own\n\nThe audit screen lists one user's recent actions (`audit_by_actor`). Which candidate index from `lab.indexes_for(\"audit_by_actor\")` makes it fast? Put its name below; the next cell measures it and says whether it made the difference."),
+        ("code", "my_index = \"audit_actor_time\"  # your answer: try the other candidates too\nprint(lab.check(\"audit_by_actor\", index=my_index))"),
     ],
     "02_jsonb_and_gin": [
         ("md", intro("JSONB and GIN: `@>` vs `->>`, `jsonb_path_ops` vs `jsonb_ops`, expression indexes",
@@ -78,6 +80,8 @@ NOTEBOOKS = {
         ("md", "## Summary\n\nAn index serves an operator, not a column. GIN with `jsonb_path_ops` serves containment (`@>`) and is the smaller GIN; the default `jsonb_ops` also serves key existence (`?`). Equality on one extracted key (`->> 'model' = ...`) needs an expression B-tree. For a value most rows have, the planner is right to ignore the index.\n\n**What's next:** `03_query_shapes_and_the_planner`.\n\n**References:** PostgreSQL documentation, *JSON Types* (jsonb Indexing); *GIN Indexes*; *Indexes on Expressions*."),
         ("md", "## Your turn"),
         ("code", "lab.panel(\"messages_by_model\")"),
+        ("md", "## On your own\n\nMessages with feedback are found by `metadata ? 'feedback'` (the `key_exists` variant of `messages_with_feedback`). Which GIN operator class serves it? Put the candidate's name below and check."),
+        ("code", "my_index = \"messages_metadata_gin\"  # your answer: messages_metadata_gin or messages_metadata_gin_path?\nprint(lab.check(\"messages_with_feedback\", index=my_index, variant=\"key_exists\"))"),
     ],
     "03_query_shapes_and_the_planner": [
         ("md", intro("Query shapes and the planner: misestimates, statistics, pagination, N+1, counts, and the EXPLAIN clock",
@@ -99,7 +103,9 @@ NOTEBOOKS = {
         ("code", "lesson.step(\"explain_clock\")"),
         ("md", "## What was measured"),
         ("code", "result = lesson.result()\nresult.figures[\"keyset_vs_offset\"], result.figures[\"misestimate\"]"),
-        ("md", "## Summary\n\nThe planner is only as good as its row estimates: correlated columns need extended statistics. How a query is written bounds the work: OFFSET reads every row before the page, N+1 pays a round trip per row, `SELECT *` defeats an index-only scan, and an exact count reads the table. Time queries plainly; use EXPLAIN ANALYZE to explain, not to time.\n\n**References:** PostgreSQL documentation, *Using EXPLAIN*; *Statistics Used by the Planner*; *CREATE STATISTICS*; *LIMIT and OFFSET*."),
+        ("md", "## Summary\n\nThe planner is only as good as its row estimates: correlated columns need extended statistics. How a query is written bounds the work: OFFSET reads every row before the page, N+1 pays a round trip per row, `SELECT *` defeats an index-only scan, and an exact count reads the table. Time queries plainly; use EXPLAIN ANALYZE to explain, not to time.\n\n**What's next:** `04_transactions_and_integrity` — constraints, races and the ORM.\n\n**References:** PostgreSQL documentation, *Using EXPLAIN*; *Statistics Used by the Planner*; *CREATE STATISTICS*; *LIMIT and OFFSET*."),
+        ("md", "## On your own\n\nThe dashboard shows how many messages a tenant has (`count_messages`). Which way of writing it avoids reading every row? Put the variant's name below (see `lab.shape(\"count_messages\").variants`); the next cell measures it against the exact count."),
+        ("code", "my_variant = \"estimate\"  # your answer\nprint(lab.check(\"count_messages\", variant=my_variant))"),
     ],
 }
 

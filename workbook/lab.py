@@ -102,6 +102,22 @@ class Lab:
         kwargs.setdefault("repeats", self.repeats)
         return compare(self.target, shape, treatment, baseline, store=self.store, **kwargs)
 
+    def check(self, shape: str, index: str | None = None, variant: str | None = None, *, tier: str = "hot") -> str:
+        """An exercise's checked answer: does the reader's index (a catalog name, built as a what-if)
+        or variant make ``shape`` measurably faster than the plain baseline? One line, measured."""
+        from .experiment import Arm, Variant
+
+        if index is None and variant is None:
+            raise WorkbookError("give an index name (index=...) or a variant (variant=...) to check")
+        knobs: list[Any] = [self.what_if(index)] if index else []
+        if variant:
+            knobs.append(Variant(variant))
+        c = self.compare(shape, Arm(" + ".join(k.label for k in knobs), None, tuple(knobs)), tier=tier)
+        yours = index or variant
+        if c.verdict.kind == "faster":
+            return f"yes: {yours} makes {shape} {c.verdict.text} (plan: {c.treatment.plan.summary() if c.treatment.plan else '?'})"
+        return f"not this one: {yours} on {shape} gives {c.verdict.text}; look at the plan and try another"
+
     def what_if(self, index: str) -> Knob:
         from .experiment import WhatIfIndex
 
