@@ -13,7 +13,7 @@ from workbook import lessons
 from workbook.cluster import LocalCluster
 from workbook.lab import Lab, open_lab
 from workbook.results import ResultsStore
-from workbook.ui.panels import DatasetPanel, ExperimentPanel
+from workbook.ui.panels import ExperimentPanel
 
 from .conftest import REPO, catalog_snapshot
 
