@@ -37,8 +37,8 @@ from psycopg import Connection, sql
 
 from workbook.cluster import LocalCluster
 from workbook.dataset.generator import Generator, TableStream
-from workbook.dataset.loader import _vector_schema, copy_statement
 from workbook.dataset.load_plan import lanes, schema_sections
+from workbook.dataset.loader import _vector_schema, copy_statement
 
 _CHILD = """
 import json, resource, sys
