@@ -73,6 +73,37 @@ CREATE TABLE IF NOT EXISTS lessons (
     figures JSON,
     comparison_ids JSON
 );
+CREATE TABLE IF NOT EXISTS load_runs (
+    load_run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    sweep_id VARCHAR,          -- the runs of one capacity sweep share it
+    mix VARCHAR,
+    driver VARCHAR,            -- 'pgbench' / 'python'
+    route VARCHAR,
+    clients INTEGER,
+    rate DOUBLE,
+    duration_s DOUBLE,
+    elapsed_s DOUBLE,
+    tps DOUBLE,
+    transactions BIGINT,
+    p50_ms DOUBLE,
+    p95_ms DOUBLE,
+    p99_ms DOUBLE,
+    max_ms DOUBLE,
+    mean_ms DOUBLE,
+    latency_ci JSON,
+    errors JSON,
+    by_node JSON,
+    timeline JSON,
+    wrote BOOLEAN,
+    dataset_pristine BOOLEAN,
+    dataset_changes JSON,
+    cancelled BOOLEAN,
+    events JSON,
+    settings JSON,
+    notes JSON,
+    usl JSON                   -- the sweep's fit, on each of its runs
+);
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key VARCHAR PRIMARY KEY,  -- server system identifier + load time
     checksum VARCHAR NOT NULL,
@@ -89,6 +120,12 @@ COMPARISON_COLUMNS = (
     "verdict", "verdict_kind", "interleaved", "knobs", "extra", "context",
 )  # fmt: skip
 _JSON = {"params", "knobs", "plan", "findings", "context", "extra"}
+LOAD_RUN_COLUMNS = (
+    "load_run_id", "created_at", "sweep_id", "mix", "driver", "route", "clients", "rate", "duration_s", "elapsed_s",
+    "tps", "transactions", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "latency_ci", "errors", "by_node",
+    "timeline", "wrote", "dataset_pristine", "dataset_changes", "cancelled", "events", "settings", "notes", "usl",
+)  # fmt: skip
+_LOAD_JSON = {"latency_ci", "errors", "by_node", "timeline", "dataset_changes", "events", "settings", "notes", "usl"}
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -188,6 +225,36 @@ class ResultsStore:
                 return pd.DataFrame()
             df = con.execute("SELECT * FROM lessons ORDER BY created_at").df()
         for c in ("figures", "comparison_ids"):
+            df[c] = df[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        return df
+
+    def append_load_runs(self, records: list[dict[str, Any]]) -> None:
+        """Store load runs (``LoadRun.record()`` dicts, e.g. one sweep's) in one transaction."""
+        values = [[json.dumps(r.get(c), default=str) if c in _LOAD_JSON and r.get(c) is not None else r.get(c)
+                   for c in LOAD_RUN_COLUMNS] for r in records]  # fmt: skip
+        with self._connect(write=True) as con:
+            con.execute("BEGIN")
+            con.executemany(f"INSERT INTO load_runs ({', '.join(LOAD_RUN_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(LOAD_RUN_COLUMNS))})", values)  # fmt: skip
+            con.execute("COMMIT")
+
+    def append_load_run(self, record: dict[str, Any]) -> None:
+        """Store one load run (``LoadRun.record()``)."""
+        self.append_load_runs([record])
+
+    def load_runs(self, mix: str | None = None) -> pd.DataFrame:
+        """Every stored load run, oldest first, optionally of one mix (JSON columns decoded)."""
+        import pandas as pd
+
+        if not self.path.exists():
+            return pd.DataFrame()
+        with self._connect(write=False) as con:
+            if not _has_table(con, "load_runs"):
+                return pd.DataFrame()
+            where, params = ("WHERE mix = ?", [mix]) if mix else ("", [])
+            df = con.sql(f"SELECT * FROM load_runs {where} ORDER BY created_at, load_run_id",
+                         params=params or None).to_arrow_table().to_pandas()  # fmt: skip
+        for c in _LOAD_JSON:
             df[c] = df[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
 
