@@ -227,7 +227,7 @@ def test_lock_timeout_serialization_and_deadlock_are_classified(target: Target) 
             assert "lock_timeout" in run.errors(), (driver, run.summary())
         holder.execute("ROLLBACK")
     with pytest.raises(WorkbookError, match="plain name=value"):
-        run_load(target, "point", clients=1, duration_s=1, session_settings={"lock_timeout": "1 s"})
+        run_load(target, "point", clients=1, duration_s=1, session_settings={"lock_timeout": "1\ns"})
 
     # serialization failure and deadlock: two real sessions each, classified from the server's error
     def serialization() -> BaseException:
@@ -268,6 +268,30 @@ def test_lock_timeout_serialization_and_deadlock_are_classified(target: Target) 
 
     assert classify_exception(serialization()) == "serialization_failure"
     assert classify_exception(deadlock()) == "deadlock"
+
+
+def test_serialization_failures_retries_and_timed_actions(target: Target) -> None:
+    from workbook.traffic import prepare
+
+    hot_mix = Mix("hot", {"increment_org_usage": 1})
+    hot = prepare(target, hot_mix, pool_size=1, hot_share=1.0)  # every request updates the same row
+    rr = {"default_transaction_isolation": "repeatable read"}
+    plain = run_load(target, hot_mix, clients=4, duration_s=1, driver="python", prepared=hot, session_settings=rr)
+    failed = plain.errors().get("serialization_failure", 0)
+    assert failed > 0, plain.summary()
+
+    def checkpoint() -> None:
+        with target.connect() as conn:
+            conn.execute("CHECKPOINT")
+
+    retried = run_load(target, hot_mix, clients=4, duration_s=1, driver="python", prepared=hot, session_settings=rr,
+                       retries=20, backoff_ms=1, actions=[(0.3, "checkpoint", checkpoint)])  # fmt: skip
+    assert retried.settings["retries_done"] > 0
+    assert retried.errors().get("serialization_failure", 0) < failed / 2, (failed, retried.summary())
+    ((when, label),) = [e for e in retried.events if e[1] == "checkpoint"]
+    assert 0.1 < when < 0.8
+    pg = run_load(target, hot_mix, clients=4, duration_s=1, prepared=hot, session_settings=rr)
+    assert pg.errors().get("serialization_failure", 0) > 0, pg.summary()  # from pgbench's log (--failures-detailed)
 
 
 def _stopper(after_s: float, *, interrupt: bool = False) -> tuple[Any, dict[str, float]]:

@@ -54,7 +54,7 @@ class Options:
     pool_timeout_s: float = 30.0
     retries: int = 0
     backoff_ms: float = 10.0
-    budget_ms: float | None = None  # a request (with its retries) gives up after this long
+    budget_ms: float | None = None  # no retry that would end past this; run_load also makes it the statement_timeout
     session_options: str = ""  # libpq options for every session: "-c statement_timeout=50 -c lock_timeout=20"
     read_your_writes: str | None = None  # None, "stick", "wait_lsn"
     stick_ms: float = 500.0

@@ -19,6 +19,7 @@ flag, else :func:`workbook.dataset.is_pristine`). The reset itself is ``workbook
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -103,7 +104,7 @@ _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 def session_options(statement_timeout_ms: int | None, settings: Mapping[str, str | int | float] | None) -> str:
     """libpq ``options`` (``-c name=value ...``) for every session of a run, checked: a setting name is
-    an identifier and a value has no whitespace or backslash (libpq would split or unescape it)."""
+    an identifier; spaces and backslashes in a value are escaped as libpq wants, other whitespace refused."""
     pairs = dict(settings or {})
     if statement_timeout_ms is not None:
         if isinstance(statement_timeout_ms, bool) or not isinstance(statement_timeout_ms, int | float) or statement_timeout_ms <= 0:
@@ -112,9 +113,10 @@ def session_options(statement_timeout_ms: int | None, settings: Mapping[str, str
     parts = []
     for name, value in pairs.items():
         text = str(value)
-        if not _GUC.match(str(name)) or not text or any(c.isspace() or c == "\\" for c in text):
+        if not _GUC.match(str(name)) or not text or any(c.isspace() and c != " " for c in text) or "\x00" in text:
             raise WorkbookError(f"session setting {name!r}={value!r} is not a plain name=value; e.g. {{'lock_timeout': '50ms'}}")
-        parts.append(f"-c {name}={text}")
+        escaped = text.replace("\\", "\\\\").replace(" ", "\\ ")  # libpq splits options at unescaped spaces
+        parts.append(f"-c {name}={escaped}")
     return " ".join(parts)
 
 
@@ -123,6 +125,37 @@ def _table_changes(target: Target) -> dict[str, tuple[int, int, int]]:
         rows = conn.execute("SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
                             " WHERE schemaname = 'ai_app'").fetchall()  # fmt: skip
     return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+class _Actions:
+    """Things to do at given seconds into a run (add a replica, fail over, change a setting), each
+    recorded as an event of the run, from a thread of their own so the load keeps going meanwhile."""
+
+    def __init__(self, actions: Sequence[tuple[float, str, Callable[[], object]]], t0: float) -> None:
+        self.actions = sorted(actions, key=lambda a: a[0])
+        self.t0 = t0
+        self.events: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="workbook-traffic-actions", daemon=True)
+
+    def start(self) -> None:
+        if self.actions:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)  # an action under way (a failover) is let finish
+
+    def _loop(self) -> None:
+        for when, label, action in self.actions:
+            if self._stop.wait(max(0.0, self.t0 + when - time.time())):
+                return
+            self.events.append((time.time() - self.t0, label))
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the run goes on; the failure is an event of it
+                self.events.append((time.time() - self.t0, f"{label} failed: {' '.join(str(exc).split())[:120]}"))
 
 
 def _is_pristine(target: Target) -> bool | None:
@@ -215,6 +248,7 @@ def run_load(
     monitor: bool = True,
     pgbench: str | None = None,
     prepared: PreparedMix | None = None,
+    actions: Sequence[tuple[float, str, Callable[[], object]]] = (),
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[float, float], None] | None = None,
 ) -> LoadRun:
@@ -228,6 +262,9 @@ def run_load(
     ``policy="least_lag"``; ``client="psycopg"`` times the full cursor path instead of libpq's
     prepared call. ``statement_timeout_ms`` and ``session_settings`` (``{"lock_timeout": "50ms",
     "default_transaction_isolation": "serializable"}``) apply to the run's sessions (both drivers).
+    ``actions=[(3.0, "replica added", lambda: cluster.add_replica())]`` run during the load, each an
+    event of the run (the timeline chart marks them). ``budget_ms`` also sets the sessions'
+    statement_timeout unless ``statement_timeout_ms`` is given.
     ``protect_dataset`` takes the pristine copy before a write mix (see the module docstring).
     ``allow_overload=True`` skips the capacity check, to show what "too many clients" looks like.
     ``prepared`` reuses parameter pools already sampled (a sweep samples once). ``progress(seconds,
@@ -236,7 +273,14 @@ def run_load(
     """
     m = check_inputs(target, mix, clients=clients, duration_s=duration_s, rate=rate, route=route, driver=driver,
                      protocol=protocol)  # fmt: skip
-    options = session_options(statement_timeout_ms, session_settings)
+    if budget_ms is not None and (not isinstance(budget_ms, int | float) or budget_ms <= 0):
+        raise WorkbookError(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r}")
+    # a budget bounds each try on the server too: a statement cannot outlive the request it serves
+    options = session_options(statement_timeout_ms if statement_timeout_ms or not budget_ms else int(budget_ms),
+                              session_settings)  # fmt: skip
+    for when, label, action in actions:
+        if not isinstance(when, int | float) or when < 0 or not callable(action):
+            raise WorkbookError(f"an action is (seconds >= 0, label, callable), got {(when, label, action)!r}")
     exe = pgbench_driver.find_pgbench(pgbench) if driver == "pgbench" else None
     if client not in ("libpq", "psycopg"):
         raise WorkbookError(f"client must be 'libpq' or 'psycopg', got {client!r}")
@@ -261,6 +305,8 @@ def run_load(
     mon = Monitor(target, t0=t0) if monitor else None
     if mon is not None:
         mon.start()
+    timeline = _Actions(actions, t0)
+    timeline.start()
     try:
         if driver == "pgbench":
             res = pgbench_driver.run(target, pm, clients=clients, duration_s=duration_s, route=route, app=app, rate=rate,
@@ -275,6 +321,7 @@ def run_load(
                                opts=opts, lag_of=(mon.lag_bytes.get if mon else None), should_stop=should_stop,
                                progress=progress, seed=seed)  # fmt: skip
     finally:
+        timeline.stop()
         if mon is not None:
             mon.stop()
         terminated = sweep_sessions(target, app)
@@ -304,7 +351,8 @@ def run_load(
     return LoadRun(
         mix=pm.name, driver=driver, route=route, clients=clients, duration_s=float(duration_s), elapsed_s=res.elapsed_s,
         transactions=res.transactions, samples=samples, rate=rate, started_at=res.t0, wrote=wrote,
-        dataset_pristine=pristine, dataset_changes=changes, cancelled=res.cancelled, events=res.events,
+        dataset_pristine=pristine, dataset_changes=changes, cancelled=res.cancelled,
+        events=sorted([(t - (res.t0 - t0), label) for t, label in timeline.events] + res.events),
         settings=settings, notes=notes,
     )  # fmt: skip
 
