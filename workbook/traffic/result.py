@@ -131,19 +131,24 @@ class LoadRun:
         return pd.DataFrame(rows)
 
     def timeline(self, interval_s: float = 1.0) -> pd.DataFrame:
-        """Per ``interval_s`` (by completion time): TPS, p50/p95 ms, errors."""
+        """Per ``interval_s`` (by completion time): TPS, p50/p95 ms, errors. The last interval counts
+        over the part of it the run covered, and is left out when that is under half of it."""
         import pandas as pd
 
         df = self.transactions
         if df.empty:
             return pd.DataFrame(columns=["t", "tps", "p50_ms", "p95_ms", "errors"])
-        end = df["start"] + df["latency_ms"] / 1000
+        end = df["start"] + df["latency_ms"].fillna(0) / 1000
         bucket = (end // interval_s).astype(int)
+        last = float(end.max())
         rows = []
-        for b in range(int(bucket.min()), int(bucket.max()) + 1):
+        for b in range(max(0, int(bucket.min())), int(bucket.max()) + 1):
+            covered = min(interval_s, last - b * interval_s)  # the run's last interval is partial
+            if covered < interval_s / 2:
+                continue
             g = df[bucket == b]
             good = np.sort(g.loc[g["error_class"].isna(), "latency_ms"].to_numpy(dtype=float))
-            rows.append({"t": b * interval_s, "tps": len(good) / interval_s, "p50_ms": percentile(good, 50),
+            rows.append({"t": b * interval_s, "tps": len(good) / covered, "p50_ms": percentile(good, 50),
                          "p95_ms": percentile(good, 95), "errors": int(g["error_class"].notna().sum())})  # fmt: skip
         return pd.DataFrame(rows)
 

@@ -248,18 +248,22 @@ def load_percentiles(runs: Sweep | list[LoadRun], *, width: int = 420) -> alt.Ch
 
 
 def _event_rules(run: LoadRun, events: list[tuple[float, str]] | None) -> pd.DataFrame:
+    """The events to mark: every action (a replica added, a failover) and the first of each error
+    kind per node ("primary: statement_timeout"), so a thousand timeouts draw one rule, not a wall."""
     import pandas as pd
 
     evs = run.events if events is None else events
-    # many identical events (every timeout) would bury the chart: keep the first of each label per second
-    seen: set[tuple[int, str]] = set()
+    seen: set[str] = set()
     rows = []
-    for t, label in evs:
-        key = (int(t), label)
-        if key not in seen:
-            seen.add(key)
-            rows.append({"t": float(t), "event": label})
-    return pd.DataFrame(rows[:50], columns=["t", "event"])
+    for t, label in sorted(evs):
+        node, _, kind = label.partition(": ")
+        if kind in ERROR_COLOURS:
+            if label in seen:
+                continue
+            seen.add(label)
+            label = f"first {kind} ({node})"
+        rows.append({"t": float(t), "event": label})
+    return pd.DataFrame(rows[:30], columns=["t", "event"])
 
 
 def load_timeline(run: LoadRun, *, events: list[tuple[float, str]] | None = None, interval_s: float = 1.0,
@@ -271,13 +275,18 @@ def load_timeline(run: LoadRun, *, events: list[tuple[float, str]] | None = None
     ev = _event_rules(run, events)
     x = alt.X("t:Q", title="seconds into the run")
     panels = []
-    for field_, title in (("tps", "transactions/s"), ("p95_ms", "p95 latency (ms)")):
+    for i, (field_, title) in enumerate((("tps", "transactions/s"), ("p95_ms", "p95 latency (ms)"))):
         line = alt.Chart(tl).mark_line(point=True).encode(
             x=x, y=alt.Y(f"{field_}:Q", title=title), tooltip=[alt.Tooltip("t:Q"), alt.Tooltip(f"{field_}:Q", format=",.2f")])
         layer = line
         if not ev.empty:
-            rules = alt.Chart(ev).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(x="t:Q", tooltip=[alt.Tooltip("t:Q"), alt.Tooltip("event:N")])
+            rules = alt.Chart(ev).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(
+                x="t:Q", tooltip=[alt.Tooltip("t:Q", format=".2f"), alt.Tooltip("event:N")])
             layer = line + rules
+            if i == 0:  # the labels once, at the top of the first panel
+                labels = alt.Chart(ev).mark_text(align="left", baseline="top", dx=3, dy=2, fontSize=10, color="#d62728",
+                                                 angle=0, limit=160).encode(x="t:Q", y=alt.value(0), text="event:N")  # fmt: skip
+                layer = layer + labels
         panels.append(layer.properties(width=width, height=140))
     return alt.vconcat(*panels).properties(title=f"{run.mix} ({run.driver}, {run.clients} clients): TPS and p95 over time")
 
@@ -290,7 +299,7 @@ def load_errors(run: LoadRun, *, interval_s: float = 1.0, width: int = 480) -> a
     total = int(df["count"].sum()) if not df.empty else 0
     return (
         alt.Chart(df).mark_bar()
-        .encode(x=alt.X("t:Q", title="seconds into the run"), y=alt.Y("count:Q", title="failed requests", stack=True),
+        .encode(x=alt.X("t:O", title="second of the run"), y=alt.Y("count:Q", title="failed requests", stack=True),
                 color=alt.Color("error_class:N", title="error class",
                                 scale=alt.Scale(domain=classes, range=[ERROR_COLOURS[c] for c in classes])),
                 tooltip=[alt.Tooltip("t:Q"), alt.Tooltip("error_class:N"), alt.Tooltip("count:Q")])
