@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None, metavar="P",
                     help="the primary's TCP port when creating (default: the first free one from 25432; "
                          "or $WORKBOOK_PORT)")  # fmt: skip
+    up.add_argument("--cpus-per-node", type=float, default=None, metavar="CPUS",
+                    help="give each node its own CPU budget, e.g. 0.5 (a cgroup CPU quota as root, else whole "
+                         "cores by CPU affinity, else the nodes share the CPUs, said in one note); remembered "
+                         "by the cluster; 0 removes it")  # fmt: skip
 
     st = command("status", "each node's role, pid, port, state and replication lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -155,6 +159,21 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--duckdb", metavar="PATH", help="also copy the dataset into this DuckDB file")
     ds.add_argument("--force", action="store_true", help="replace the --duckdb file if it exists")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bn = command("bench", "concurrent traffic from the query shapes: TPS, p50/p95/p99, errors by class, per node")
+    bn.add_argument("--mix", required=True, help="chat, read, ingest, analytics or point (see workbook.traffic.MIXES)")
+    bn.add_argument("--clients", type=int, default=4, metavar="N", help="concurrent clients (default 4)")
+    bn.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds of load (default 10)")
+    bn.add_argument("--rate", type=float, default=None, metavar="R",
+                    help="open loop: transactions per second over all clients (default: closed loop)")  # fmt: skip
+    bn.add_argument("--route", choices=("primary", "replicas", "all"), default="primary",
+                    help="where reads go: the primary, the replicas, or all nodes; writes always go to the primary")  # fmt: skip
+    bn.add_argument("--driver", choices=("pgbench", "python"), default="pgbench",
+                    help="pgbench (bundled with the server) or Python client threads (default pgbench)")  # fmt: skip
+    bn.add_argument("--sweep", default=None, metavar="N,N,...",
+                    help="closed-loop runs at these client counts and a Universal Scalability Law fit")  # fmt: skip
+    bn.add_argument("--json", action="store_true",
+                    help='print {"tps", "p50_ms", "p95_ms", "p99_ms", "transactions", "errors", "by_node"} (+ "usl")')  # fmt: skip
 
     rs = command("reset", "put the dataset back as it was loaded, from the copy taken before the first write workload")
     rs.add_argument("--json", action="store_true", help="machine-readable output")
@@ -275,11 +294,12 @@ def _print_status(nodes: list[Any], as_json: bool, kind: str) -> None:
     if as_json:
         print(json.dumps({"target": kind, "nodes": [n.as_dict() for n in nodes]}, indent=2))
         return
-    header = ("NAME", "ROLE", "PID", "PORT", "STATE", "LAG_BYTES", "LAG_SECONDS")
+    header = ("NAME", "ROLE", "PID", "PORT", "STATE", "LAG_BYTES", "LAG_SECONDS", "CPU_BUDGET")
     rows = [header] + [
         (n.name, n.role, "-" if n.pid is None else str(n.pid), str(n.port), n.state,
          "-" if n.lag_bytes is None else str(n.lag_bytes),
-         "-" if n.lag_seconds is None else f"{n.lag_seconds:.3f}")
+         "-" if n.lag_seconds is None else f"{n.lag_seconds:.3f}",
+         "-" if not n.cpu_budget else f"{n.cpu_budget['cpus']:g} ({n.cpu_budget['how']})")
         for n in nodes
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -298,7 +318,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _external_target(args) is not None:
         raise _local_only("up")
     cluster = _cluster(args)
-    nodes = cluster.up(replicas=args.replicas)
+    nodes = cluster.up(replicas=args.replicas, cpus_per_node=args.cpus_per_node)
     _print_status(nodes, False, "local")
     print(f"\ncluster home: {cluster.home}  (stop it with: workbook down)")
     return 0
@@ -461,6 +481,35 @@ def cmd_load(args: argparse.Namespace) -> int:
           f"{info.bytes / 1e6:,.0f} MB in {info.load_seconds:.1f} s ({info.mb_per_second:.0f} MB/s)")
     for table, n in info.rows.items():
         print(f"  {table:15s} {n:>12,}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .traffic import run_load, sweep
+
+    counts: list[int] = []
+    if args.sweep:
+        try:
+            counts = [int(x) for x in args.sweep.split(",")]
+        except ValueError:
+            raise WorkbookError(f"--sweep wants client counts like 1,2,4,8, got {args.sweep!r}") from None
+    if args.duration <= 0 or args.duration > 3600:
+        raise WorkbookError(f"--duration must be between 0 and 3600 seconds, got {args.duration:g}")
+    target, store = _target(args), _store(args)
+
+    def progress(t: float, tps: float) -> None:
+        if not args.json:
+            print(f"\r{t:5.1f} s  {tps:>10,.0f} TPS", end="", file=sys.stderr, flush=True)
+
+    common: dict[str, Any] = dict(duration_s=args.duration, route=args.route, driver=args.driver, progress=progress)
+    result: Any = sweep(target, args.mix, counts, **common) if counts else \
+        run_load(target, args.mix, clients=args.clients, rate=args.rate, **common)  # fmt: skip
+    result.save(store)
+    if not args.json:
+        print(file=sys.stderr)
+        print(result.runs[-1].summary() if counts else result.summary())
+        return 0
+    print(json.dumps(result.as_dict(), indent=2, default=str))
     return 0
 
 
@@ -694,6 +743,7 @@ COMMANDS = {
     "load": cmd_load,
     "dataset": cmd_dataset,
     "reset": cmd_reset,
+    "bench": cmd_bench,
     "explain": cmd_explain,
     "compare": cmd_compare,
     "advise": cmd_advise,

@@ -123,6 +123,23 @@ class Lab:
 
         return WhatIfIndex(self.index(index))
 
+    # ---- traffic ---------------------------------------------------------------------------
+    def load_run(self, mix: Any, **kwargs: Any) -> Any:
+        """Concurrent traffic on this lab's target (:func:`workbook.traffic.run_load`), stored in its results."""
+        from .traffic import run_load
+
+        run = run_load(self.target, mix, **kwargs)
+        run.save(self.store)
+        return run
+
+    def sweep(self, mix: Any, clients: list[int], **kwargs: Any) -> Any:
+        """Closed-loop runs at each client count and a USL fit (:func:`workbook.traffic.sweep`), stored."""
+        from .traffic import sweep
+
+        result = sweep(self.target, mix, clients, **kwargs)
+        result.save(self.store)
+        return result
+
     # ---- lessons ---------------------------------------------------------------------------
     def lesson(self, name: str) -> LessonRun:
         """Start lesson ``name`` on this lab: ``run.step(NAME)`` one cell at a time, ``run.result()`` at the end."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .charts import before_after, index_tradeoff, latency_distribution, plan_frame, plan_view, svg, tradeoff_frame
+from .charts import (
+    before_after, index_tradeoff, latency_distribution, load_errors, load_percentiles, load_timeline, plan_frame,
+    plan_view, svg, tradeoff_frame, usl_fit,
+)  # fmt: skip
 
 
 def show(chart: Any) -> Any:
@@ -16,4 +19,7 @@ def show(chart: Any) -> Any:
     return None
 
 
-__all__ = ["before_after", "index_tradeoff", "latency_distribution", "plan_frame", "plan_view", "show", "svg", "tradeoff_frame"]
+__all__ = [
+    "before_after", "index_tradeoff", "latency_distribution", "load_errors", "load_percentiles", "load_timeline",
+    "plan_frame", "plan_view", "show", "svg", "tradeoff_frame", "usl_fit",
+]  # fmt: skip
