@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from .charts import (
-    before_after, index_tradeoff, latency_distribution, load_errors, load_percentiles, load_timeline, plan_frame,
-    plan_view, svg, tradeoff_frame, usl_fit,
+    before_after,
+    index_tradeoff,
+    latency_distribution,
+    load_errors,
+    load_percentiles,
+    load_timeline,
+    plan_frame,
+    plan_view,
+    svg,
+    tradeoff_frame,
+    usl_fit,
 )  # fmt: skip
 
 
