@@ -54,7 +54,7 @@ def test_model_matches_the_database(engine: Engine, table: str) -> None:
     for reflected in columns:
         assert reflected["nullable"] == model.columns[reflected["name"]].nullable, f"{table}.{reflected['name']} nullability"
     with engine.connect() as conn:
-        types = dict(conn.execute(text(
+        types: dict[str, str] = dict(conn.execute(text(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
             " WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
         ), {"t": f"ai_app.{table}"}).all())  # fmt: skip
@@ -63,7 +63,7 @@ def test_model_matches_the_database(engine: Engine, table: str) -> None:
         assert _norm(declared) == _norm(types[col.name]), f"{table}.{col.name}: model {declared}, database {types[col.name]}"
     assert insp.get_pk_constraint(table, schema="ai_app")["constrained_columns"] == [c.name for c in model.primary_key]
 
-    def fk_set(fks: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    def fk_set(fks: list[Any]) -> set[tuple[Any, ...]]:
         return {(tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]),
                  (f.get("options") or {}).get("ondelete")) for f in fks}  # fmt: skip
 
