@@ -30,7 +30,7 @@ def run_round(r: int, parent: Path, scale: float | None) -> None:
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
         phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", done.stdout)}
-        print(f"{r + 1:>5} {wall:>7.1f} {phases['cluster']:>10.1f} {phases['load']:>7.1f} {phases['experiments']:>14.1f} "
+        print(f"{r + 1:>5} {wall:>7.1f} {phases['cluster']:>10.1f} {phases['load']:>7.1f} {phases.get('lessons', phases.get('experiments', 0.0)):>14.1f} "
               f"{phases['render']:>9.1f} {out.stat().st_size / 1024:>10.0f}")  # fmt: skip
     finally:
         subprocess.run([sys.executable, "-m", "workbook", "--home", str(home), "down", "--destroy"], capture_output=True)
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=None, help="default: the command's default (WORKBOOK_SCALE or 0.05)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    print(f"{'round':>5} {'wall s':>7} {'cluster s':>10} {'load s':>7} {'experiments s':>14} {'render s':>9} {'report KB':>10}")
+    print(f"{'round':>5} {'wall s':>7} {'cluster s':>10} {'load s':>7} {'lessons s':>14} {'render s':>9} {'report KB':>10}")
     for r in range(args.rounds):
         with scratch_dir("wb-bench-report-") as parent:
             run_round(r, parent, args.scale)

@@ -110,8 +110,21 @@ NOTEBOOKS = {
 }
 
 
+def all_notebooks() -> dict[str, list[tuple[str, str]]]:
+    """Every notebook of the series: the ones above, and those whose cells live beside their own
+    builder (``_build_transactions.py``, ``_build_vectors.py``), in series order."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    out = dict(NOTEBOOKS)
+    for module in ("_build_transactions", "_build_vectors"):
+        out.update(importlib.import_module(module).NOTEBOOKS)
+    return dict(sorted(out.items()))
+
+
 def build() -> None:
-    for name, cells in NOTEBOOKS.items():
+    for name, cells in all_notebooks().items():
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]

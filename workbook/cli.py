@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true",
                     help='print {"tps", "p50_ms", "p95_ms", "p99_ms", "transactions", "errors", "by_node"} (+ "usl")')  # fmt: skip
 
+    vc = command("vectors", "the vector lesson's sweep: exact vs HNSW (ef_search) vs IVFFlat (probes), recall@10 and latency")
+    vc.add_argument("--json", action="store_true", help="machine-readable figures (exact_p50_ms, sweep, best_hnsw ...)")
+
     rs = command("reset", "put the dataset back as it was loaded, from the copy taken before the first write workload")
     rs.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -513,6 +516,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vectors(args: argparse.Namespace) -> int:
+    from .lessons import vectors
+
+    target = _measuring_target(args)
+    target.require_writes("the vector sweep (its indexes are built in rolled-back transactions)")
+    figures = vectors.sweep_figures(target)
+    print(json.dumps(figures, indent=2, default=str) if args.json else vectors.format_sweep(figures))
+    return 0
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
     from .dataset.pristine import reset
 
@@ -744,6 +757,7 @@ COMMANDS = {
     "dataset": cmd_dataset,
     "reset": cmd_reset,
     "bench": cmd_bench,
+    "vectors": cmd_vectors,
     "explain": cmd_explain,
     "compare": cmd_compare,
     "advise": cmd_advise,
