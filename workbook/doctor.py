@@ -22,7 +22,6 @@ from .errors import WorkbookError
 DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 CHROMIUM = Path("/usr/bin/chromium")
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 #: below these, the doctor warns (SF 1 is ~650 MB per copy, and each replica is one more copy)
 LOW_DISK = 2 * 1024**3
 LOW_MEMORY = 1024**3
@@ -140,14 +139,7 @@ def checks(home: Path) -> list[Check]:
         out.append(Check("PostgreSQL 15", False, f"not found ({DEBIAN_PG15})",
                          "the other-binaries (WORKBOOK_PG_BIN), PostgreSQL 15 plan and JIT tests are skipped",
                          "apt-get install postgresql-15"))  # fmt: skip
-    quota = CGROUP_CPU / "cpu.cfs_quota_us"
-    if quota.exists() and os.access(CGROUP_CPU, os.W_OK) and os.access(quota, os.W_OK):
-        out.append(Check("cgroup v1 CPU quota", True, f"{CGROUP_CPU} is writable: a server's CPU can be capped"))
-    else:
-        why = "not mounted" if not CGROUP_CPU.exists() else "not writable"
-        out.append(Check("cgroup v1 CPU quota", False, f"{CGROUP_CPU} {why}",
-                         "a server cannot be given a CPU quota: experiments that simulate a smaller machine run "
-                         "on the whole machine", "run as root in a container with a writable cgroup v1 cpu controller"))  # fmt: skip
+    out.append(_cgroup())
     out.append(_home(home))
     out.append(_disk(home))
     out.append(_memory())
@@ -157,6 +149,26 @@ def checks(home: Path) -> list[Check]:
                      "python -m pip install jupyterlab"))  # fmt: skip
     out.append(_content())
     return out
+
+
+def _cgroup() -> Check:
+    """Can ``workbook up --cpus-per-node`` give each node a CPU quota (looked at, nothing created)?"""
+    from .cluster import _cpu
+
+    root = _cpu.CGROUP_ROOT
+    quota = root / "cpu.cfs_quota_us"
+    ours = root / _cpu.GROUP
+    if quota.is_file() and os.access(root, os.W_OK) and (not ours.exists() or os.access(ours, os.W_OK)):
+        return Check("cgroup v1 CPU quota", True, f"{root} is writable: 'workbook up --cpus-per-node X' gives "
+                     "each node its own CPU quota (cpu.cfs_quota_us), like a separate machine")  # fmt: skip
+    why = "not mounted" if not quota.is_file() else "not writable by this user"
+    cores = len(_cpu.available_cores())
+    return Check("cgroup v1 CPU quota", False, f"{root} {why}",
+                 f"'workbook up --cpus-per-node X' cannot give nodes a CPU quota: a whole-core X uses CPU affinity "
+                 f"when the {cores} core(s) here are enough for every node, otherwise the nodes share the CPUs "
+                 "(status says 'shared'), and adding replicas cannot raise throughput",
+                 "run as root with a writable cgroup v1 cpu controller (e.g. a container with /sys/fs/cgroup/cpu "
+                 "mounted read-write)")  # fmt: skip
 
 
 def _home(home: Path) -> Check:

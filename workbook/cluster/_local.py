@@ -34,12 +34,13 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .. import config
 from ..errors import ClusterError, PortInUse, UnknownNode
+from . import _cpu
 from ._binaries import PgBinaries
 from ._node import BASE_SETTINGS, Node, free_port, port_is_free
 from ._osuser import RunAs
@@ -247,8 +248,12 @@ class LocalCluster:
         *,
         pg_bin: str | os.PathLike[str] | None = None,
         port: int | None = None,
+        cpus_per_node: float | None = None,
     ) -> None:
+        """``cpus_per_node``: give every node its own CPU budget (e.g. 0.5 core) at the next ``up()``,
+        remembered in ``cluster.json``; 0 removes it; None keeps what the cluster has (see ``_cpu``)."""
         self.home = resolve_home(home)
+        self._cpus = _cpu.check_cpus(cpus_per_node)
         #: the home is the root fallback for this working directory (said once, when the cluster is
         #: created; lab.py and others resolve the home first and pass it on, so judged by value)
         self._home_by_rule = os.geteuid() == 0 and self.home == fallback_home()
@@ -358,8 +363,40 @@ class LocalCluster:
     def _node(self, spec: NodeSpec) -> Node:
         return Node(
             name=spec.name, port=spec.port, root=self.home / "nodes" / spec.name,
-            bins=self.bins, run_as=self.run_as, socket_dir=self._socket_dir(),
+            bins=self.bins, run_as=self.run_as, socket_dir=self._socket_dir(), after_start=self._after_start,
         )
+
+    # ---- CPU budgets (see _cpu) ------------------------------------------------------------
+    @property
+    def cpus_per_node(self) -> float | None:
+        """The CPU budget each node is given (cores), as remembered in ``cluster.json``; None: none."""
+        return self._load().get("cpus_per_node") if self.initialized else None
+
+    def _cpu_plan(self, state: dict[str, Any], also: str | None = None) -> _cpu.Plan:
+        names = [n["name"] for n in state.get("nodes", [])]
+        if also is not None and also not in names:
+            names.append(also)  # a replica being built is not in the state yet
+        return _cpu.plan(state.get("cpus_per_node"), names)
+
+    def _after_start(self, node: Node, pid: int) -> None:
+        """Every start of a node: put its postmaster and children in the node's CPU budget."""
+        state = self._load() if self.initialized else {}
+        if not state.get("cpus_per_node"):
+            return  # a new postmaster is in no group of ours, with the caller's affinity
+        _cpu.enforce(self._cpu_plan(state, node.name), self.home, node.name, pid)
+
+    def _apply_cpu(self) -> list[tuple[str, str | None, str | None]]:
+        """(Re)apply the budget to every running node (after the topology or the budget changed:
+        affinity gives each node other cores); (node, how, why it is shared) for each."""
+        state = self._load()
+        p = self._cpu_plan(state)
+        out: list[tuple[str, str | None, str | None]] = []
+        for n in state["nodes"]:
+            how, why = _cpu.enforce(p, self.home, n["name"], self._bare_node(n["name"]).pid)
+            out.append((n["name"], how, why))
+        if p.how != "cgroup":
+            _cpu.release_all(self.home)
+        return out
 
     def _spec(self, name: str, state: dict[str, Any] | None = None) -> NodeSpec:
         specs = self._specs(state)
@@ -421,9 +458,16 @@ class LocalCluster:
                                application_name="workbook-admin")
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def up(self, replicas: int | None = None) -> list[NodeStatus]:
+    def up(self, replicas: int | None = None, *, cpus_per_node: float | None = None) -> list[NodeStatus]:
         """Create the cluster if needed, start every node, heal broken replicas, and (if given)
-        grow or shrink to ``replicas`` replicas. Safe to call again at any time."""
+        grow or shrink to ``replicas`` replicas. Safe to call again at any time.
+
+        ``cpus_per_node`` (or the constructor's) sets each node's CPU budget and remembers it (0
+        removes it); without it the cluster keeps the one it has. When this machine can enforce it
+        neither with cgroup quotas nor with CPU affinity, one ``note:`` line on stderr says the
+        nodes share the CPUs."""
+        if cpus_per_node is not None:
+            self._cpus = _cpu.check_cpus(cpus_per_node)
         if replicas is not None:
             if isinstance(replicas, bool) or not isinstance(replicas, int):
                 raise ClusterError(f"replica count must be a whole number, not {replicas!r}")
@@ -454,6 +498,10 @@ class LocalCluster:
             if not self.initialized:
                 self._create_primary()
             state = self._load()
+            budget_changed = self._cpus is not None and state.get("cpus_per_node") != (self._cpus or None)
+            if budget_changed:
+                state["cpus_per_node"] = self._cpus or None
+                self._save(state)
             prim = self._primary_spec(state)
             node = self._node(prim)
             if not node.exists:
@@ -472,6 +520,15 @@ class LocalCluster:
                     self.add_replica()
                 for name in reversed(current[replicas:] if replicas < len(current) else []):
                     self.remove_replica(name)
+            applied = self._apply_cpu() if budget_changed or self._load().get("cpus_per_node") else []
+            shared = [why for _, how, why in applied if how == "shared"]
+            if shared:
+                cpus = self._load().get("cpus_per_node")
+                print(
+                    f"note: the nodes share this machine's {len(_cpu.available_cores())} CPU(s): each was to get "
+                    f"{cpus:g} CPU, but {shared[0]}; adding replicas cannot raise throughput here",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
         return self.status()
 
     def _check_live_capacity(self, replicas: int) -> None:
@@ -532,6 +589,7 @@ class LocalCluster:
                 "superuser": SUPERUSER,
                 "database": DATABASE,
                 "sync": {"mode": "async", "standbys": 0},
+                "cpus_per_node": self._cpus or None,
                 "nodes": [asdict(spec)],
             }
             self._save(state)
@@ -558,6 +616,7 @@ class LocalCluster:
             node_root = self.home / "nodes" / "primary"
             if (node_root / "data").exists():
                 self._bare_node("primary").kill()
+            _cpu.release_all(self.home)
             shutil.rmtree(node_root, ignore_errors=True)
             self.state_file.unlink(missing_ok=True)
             if created_home:
@@ -611,6 +670,7 @@ class LocalCluster:
             return
         with self._locked():
             self.stop()
+            _cpu.release_all(self.home)  # after stop(): every process has exited
             sock = self._socket_dir()
             if sock.parent == Path("/tmp"):
                 shutil.rmtree(sock, ignore_errors=True)
@@ -665,6 +725,8 @@ class LocalCluster:
             self._build_replica(spec, timeout=timeout, fresh_port=True)
             state["nodes"].append(asdict(spec))
             self._save(state)
+            if state.get("cpus_per_node"):
+                self._apply_cpu()  # with affinity, one more node may mean other cores for each
         return self._status_of(name)
 
     def _build_replica(self, spec: NodeSpec, *, timeout: float, fresh_port: bool = False) -> None:
@@ -697,6 +759,7 @@ class LocalCluster:
             self._wait_streaming(spec, timeout=timeout)
         except BaseException:
             node.kill()
+            _cpu.release(self.home, spec.name)
             shutil.rmtree(node.root, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self._drop_slot(spec.slot)
@@ -761,10 +824,13 @@ class LocalCluster:
                 )
             node = self._node(spec)
             node.stop()
+            _cpu.release(self.home, spec.name)
             shutil.rmtree(node.root, ignore_errors=True)
             self._drop_slot(spec.slot)
             state["nodes"] = [n for n in state["nodes"] if n["name"] != spec.name]
             self._save(state)
+            if state.get("cpus_per_node"):
+                self._apply_cpu()
             if sync.get("mode") in ("remote_write", "on", "remote_apply") and sync.get("standbys"):
                 self._apply_sync(sync["mode"], sync["standbys"])
 
@@ -812,6 +878,7 @@ class LocalCluster:
             self.last_failover = failover
             if failover.warning:
                 log.warning(failover.warning)
+            _cpu.release(self.home, old_node.name)
             shutil.rmtree(old_node.root, ignore_errors=True)
             spec.role, spec.slot = "primary", None
             others = [s for s in self._specs(state) if s.role == "replica" and s.name != name]
@@ -820,6 +887,8 @@ class LocalCluster:
             self._save(state)
             for other in others:
                 self._follow(other, spec)
+            if state.get("cpus_per_node"):
+                self._apply_cpu()
         return self.status()
 
     def _controldata(self, node: Node) -> dict[str, str]:
@@ -971,8 +1040,10 @@ class LocalCluster:
 
     # ---- observing -----------------------------------------------------------------------
     def status(self) -> list[NodeStatus]:
-        """Each node's role, pid, port, state and replay lag (bytes, seconds)."""
-        specs = self._specs()
+        """Each node's role, pid, port, state, replay lag (bytes, seconds) and CPU budget (read back
+        from its cgroup and its postmaster's affinity)."""
+        state = self._load()
+        specs = self._specs(state)
         prim = next(s for s in specs if s.role == "primary")
         primary_lsn: int | None = None
         reported: dict[str, float] = {}
@@ -992,7 +1063,11 @@ class LocalCluster:
         for spec in specs:
             if spec.role == "replica":
                 out.append(self._replica_status(spec, primary_lsn, reported.get(spec.name)))
-        return out
+        return [replace(st, cpu_budget=self._cpu_budget(st, state.get("cpus_per_node"))) for st in out]
+
+    def _cpu_budget(self, st: NodeStatus, configured: float | None) -> dict[str, Any] | None:
+        budget = _cpu.read_budget(self.home, st.name, st.pid, configured)
+        return None if budget is None else budget.as_dict()
 
     def _status_of(self, name: str) -> NodeStatus:
         return next(s for s in self.status() if s.name == name)

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,9 @@ class Node:
     bins: PgBinaries | None  # None: a handle only for stopping/inspecting
     run_as: RunAs
     socket_dir: Path
+    #: called with the node and its postmaster's pid after every start (and when start() finds it
+    #: running): the cluster gives the node its CPU budget there (see ``_cpu``)
+    after_start: Callable[[Node, int], None] | None = None
 
     def _exe(self, name: str) -> str:
         if self.bins is None:
@@ -157,6 +161,7 @@ class Node:
         """Start the server if it is not running; return the postmaster pid once it accepts connections."""
         pid = self.pid
         if pid is not None:
+            self._started(pid)
             return pid
         if not self.exists:
             raise ClusterError(f"node {self.name!r} has no data directory at {str(self.datadir)!r}")
@@ -181,6 +186,11 @@ class Node:
             )
         finally:
             log.close()
+        try:  # at once: what the postmaster forks from here on inherits its CPU budget
+            self._started(proc.pid)
+        except BaseException:
+            self.kill()
+            raise
 
         def ready() -> int | None:
             if proc.poll() is not None:
@@ -194,8 +204,8 @@ class Node:
             return None
 
         try:
-            return wait_until(ready, timeout=timeout, what=f"node {self.name!r} to accept connections",
-                              interval=0.005, max_interval=0.05)
+            pid = wait_until(ready, timeout=timeout, what=f"node {self.name!r} to accept connections",
+                             interval=0.005, max_interval=0.05)
         except _StartFailed:
             tail = _log_since(self.logfile, log_start)
             if "Address already in use" in tail:
@@ -210,6 +220,12 @@ class Node:
         except ClusterError:
             self.kill()
             raise
+        self._started(pid)
+        return pid
+
+    def _started(self, pid: int) -> None:
+        if self.after_start is not None:
+            self.after_start(self, pid)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (SIGINT); immediate (SIGQUIT) if that hangs; SIGKILL as the last resort."""

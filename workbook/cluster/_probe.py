@@ -26,6 +26,9 @@ class NodeStatus:
     state: str  # primary: running/down/unreachable; replica: streaming/catchup/paused/disconnected/down/...
     lag_bytes: int | None
     lag_seconds: float | None
+    #: the CPU budget the node's processes really have, {"cpus": 0.5, "how": "cgroup"|"affinity"|"shared"};
+    #: None: no budget (or the node is down, or it is not a local node)
+    cpu_budget: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
