@@ -66,6 +66,10 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert "stopped early" in text, "a Sort cut short by its Limit is not called a misestimate"
     assert "seq_scan_selective_filter" in text
     assert "recommended DDL" in text and "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
+    block = text[text.index("<h2>Recommended changes</h2>"):text.index("<h2>Environment</h2>")]
+    verdicts = re.findall(r"<tr><td>[^<]+</td><td>([^<]+)</td>", block)
+    assert verdicts and all(" faster, 95% CI " in v for v in verdicts), "only significant improvements are recommended"
+    assert "messages_created_conversation" not in block, "the wrong column order is dominated, not recommended"
     assert "<script" not in text and "<link" not in text and not re.search(r"src=['\"]https?://", text), "nothing to fetch"
     assert "href='https://www.postgresql.org/docs/current/indexes-multicolumn.html'" in text, "references are links"
 
@@ -115,6 +119,16 @@ def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tupl
             assert page.locator("svg [role='graphics-symbol']").count() > 50, "the charts have marks"
             clipped = page.evaluate(_CLIPPED_TEXT)
             assert clipped == [], "chart text drawn by the browser must fit inside its SVG (an inline SVG clips)"
+            backgrounds = page.evaluate("() => [...document.querySelectorAll('td.mis')].map("
+                                        "td => getComputedStyle(td).backgroundColor)")  # fmt: skip
+            assert backgrounds and all(b not in ("rgba(0, 0, 0, 0)", "transparent") for b in backgrounds), \
+                "misestimate cells are highlighted as the browser draws them"
+            overflowing = page.evaluate("() => [...document.querySelectorAll('pre.ddl')]"
+                                        ".filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.textContent)")  # fmt: skip
+            assert overflowing == [], "recommended DDL wraps: nothing is cut off at the right edge"
+            recommended = page.locator("h2:text('Recommended changes') + p + table pre.ddl").count()
+            assert recommended >= 3, "the significant improvements are recommended"
+            assert page.locator("p.not-recommended").count() >= 3, "the others say why they are not"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
             ctx.close()
