@@ -51,6 +51,7 @@ class Lesson:
     steps: tuple[Step, ...]
     figures: Callable[[dict[str, Any]], dict[str, Any]]
     references: tuple[tuple[str, str], ...] = ()  # (title, PostgreSQL documentation page)
+    charts: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # outputs -> {title: Altair chart}
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -118,6 +119,10 @@ class LessonResult:
     @property
     def name(self) -> str:
         return self.lesson.name
+
+    def charts(self) -> dict[str, Any]:
+        """The lesson's summary charts, drawn from what its steps measured ({} when it has none)."""
+        return self.lesson.charts(self.outputs) if self.lesson.charts else {}
 
     @property
     def comparisons(self) -> list[Comparison]:

@@ -90,6 +90,17 @@ def _read_comparisons(outputs: dict[str, Any]) -> dict[str, tuple[str, Compariso
     }
 
 
+def _tradeoff(outputs: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    from ..ui.charts import index_tradeoff
+
+    costs = {r["index"]: r for r in outputs["write_costs"].to_dict("records")}
+    rows = [{"index": name, "speedup": c.verdict.ratio, "write_ratio": costs[name]["write_cost"],
+             "size_bytes": costs[name]["size_bytes"]} for name, (_, c) in _read_comparisons(outputs).items()]  # fmt: skip
+    return index_tradeoff(pd.DataFrame(rows))
+
+
 def figures(outputs: dict[str, Any]) -> dict[str, Any]:
     costs = {r["index"]: r for r in outputs["write_costs"].to_dict("records")}
     comparisons: dict[str, Any] = {}
@@ -132,6 +143,7 @@ LESSON = Lesson(
              write_costs),
     ),
     figures=figures,
+    charts=lambda outputs: {"What each index buys and costs": _tradeoff(outputs)},
     references=(
         ("Indexes", "https://www.postgresql.org/docs/current/indexes.html"),
         ("Multicolumn indexes", "https://www.postgresql.org/docs/current/indexes-multicolumn.html"),

@@ -137,6 +137,12 @@ def explain_clock(lab: Lab) -> pd.DataFrame:
     return clock_distortion(lab.target, "SELECT count(*) FROM ai_app.messages")
 
 
+def _pages(outputs: dict[str, Any]) -> Any:
+    from ..ui.charts import page_latency
+
+    return page_latency(outputs["keyset_vs_offset"])
+
+
 def figures(outputs: dict[str, Any]) -> dict[str, Any]:
     stats = outputs["extended_statistics"]["summary"].to_dict("records")
     star = outputs["star_vs_narrow"]
@@ -181,6 +187,7 @@ LESSON = Lesson(
              "Why the workbook times plain execution and uses the analyzed plan only to explain.", explain_clock),
     ),
     figures=figures,
+    charts=lambda outputs: {"OFFSET vs keyset, page by page": _pages(outputs)},
     references=(
         ("Using EXPLAIN", "https://www.postgresql.org/docs/current/using-explain.html"),
         ("Statistics used by the planner", "https://www.postgresql.org/docs/current/planner-stats.html"),

@@ -294,6 +294,8 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
         for step in r.lesson.steps:
             parts.append(f"<h2>{html.escape(step.title)}</h2><p>{html.escape(step.text)}</p>")
             parts += [_output(label, value, counter, advice) for label, value in walk(r.outputs.get(step.name))]
+        for chart_title, chart in r.charts().items():
+            parts.append(f"<h2>{html.escape(chart_title)}</h2><div class='charts'>{_svg(chart)}</div>")
         refs = "".join(f"<li><a href='{html.escape(u)}'>{html.escape(t)}</a></li>" for t, u in r.lesson.references)
         if refs:
             parts.append(f"<h2>References</h2><ul>{refs}</ul>")

@@ -195,17 +195,35 @@ def index_tradeoff(df: pd.DataFrame, *, width: int = 420) -> alt.Chart:
     :func:`tradeoff_frame`).
     """
     alt = _alt()
+    base = alt.Chart(df).encode(
+        x=alt.X("write_ratio:Q", title="insert time with / without the index (1 = free)", scale=alt.Scale(zero=False)),
+        y=alt.Y("speedup:Q", title="read speed-up (x, log scale)", scale=alt.Scale(type="log")),
+    )
+    points = base.mark_circle(opacity=0.7).encode(
+        size=alt.Size("size_bytes:Q", title="index size (bytes)"),
+        tooltip=["index", alt.Tooltip("speedup:Q", format=".2f"), alt.Tooltip("write_ratio:Q", format=".3f"),
+                 alt.Tooltip("size_bytes:Q", format=",")],  # fmt: skip
+    )
+    labels = base.mark_text(align="left", dx=9, fontSize=FONT).encode(text="index:N")  # every point says which index
+    return (points + labels).properties(width=width, height=260, title="index trade-off: what it buys vs what it costs")
+
+
+def page_latency(pages: dict[str, Comparison], *, width: int = 420) -> alt.Chart:
+    """Median latency by page number for the two arms of each page's comparison (OFFSET vs keyset)."""
+    import pandas as pd
+
+    alt = _alt()
+    rows = [{"page": int(p), "arm": run.label, "median_ms": run.median_ms}
+            for p, c in pages.items() for run in (c.baseline, c.treatment)]  # fmt: skip
     return (
-        alt.Chart(df)
-        .mark_circle(opacity=0.7)
+        alt.Chart(pd.DataFrame(rows))
+        .mark_line(point=True)
         .encode(
-            x=alt.X("write_ratio:Q", title="insert time with / without the index", scale=alt.Scale(zero=False)),
-            y=alt.Y("speedup:Q", title="read speed-up (x, log)", scale=alt.Scale(type="log")),
-            size=alt.Size("size_bytes:Q", title="index size (bytes)"),
-            tooltip=["index", alt.Tooltip("speedup:Q", format=".2f"), alt.Tooltip("write_ratio:Q", format=".3f"),
-                     alt.Tooltip("size_bytes:Q", format=",")],  # fmt: skip
+            x=alt.X("page:Q", title="page number (log scale)", scale=alt.Scale(type="log")),
+            y=alt.Y("median_ms:Q", title="median latency (ms)"),
+            color=alt.Color("arm:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=LABEL_LIMIT)),
         )
-        .properties(width=width, title="index trade-off: what it buys vs what it costs")
+        .properties(width=width, height=220, title="latency by page depth")
     )
 
 
