@@ -15,6 +15,7 @@ sessions active at the time. Knobs are always reverted, also when the query fail
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import uuid
@@ -31,7 +32,7 @@ from ..errors import WorkbookError
 from ..statement import reads_only
 from .findings import Finding, findings
 from .knobs import Index, Knob, Variant, WhatIfIndex
-from .plan import Plan, QueryFailed, _server_message, explain
+from .plan import Plan, QueryFailed, _server_message, explain, parse_plan
 from .timing import Verdict, median, p95, time_interleaved, verdict
 from .wire import rolled_back, wire_runner
 
@@ -40,6 +41,15 @@ if TYPE_CHECKING:
     from ..results.store import ResultsStore
 
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _samples(value: Any) -> list[float]:
+    """DuckDB hands a DOUBLE[] back as a list or a numpy array (whose truth value is ambiguous)."""
+    return [] if value is None else [float(x) for x in value]
 _SETTINGS = (
     "shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "seq_page_cost", "jit",
     "max_parallel_workers_per_gather", "default_statistics_target", "effective_io_concurrency", "maintenance_work_mem",
@@ -91,8 +101,22 @@ class Run:
     def cache(self) -> str:
         return self.plan.cache_state if self.plan is not None else "unknown"
 
+    @classmethod
+    def from_record(cls, row: dict[str, Any]) -> Run:
+        """The run a results-store row holds: the inverse of :meth:`record`."""
+        plan = parse_plan(_loads(row["plan"])) if row.get("plan") else None
+        return cls(
+            run_id=row["run_id"], label=row.get("label") or "", shape=row.get("shape") or "",
+            variant=row.get("variant") or "", tier=row.get("tier") or "", sql=row.get("sql") or "",
+            params=_loads(row.get("params")) or [], knobs=_loads(row.get("knobs")) or [],
+            samples_ms=_samples(row.get("samples_ms")), plan=plan,
+            findings=[Finding(**f) for f in (_loads(row.get("findings")) or [])],
+            context=_loads(row.get("context")) or {}, created_at=row["created_at"], arm=row.get("arm"),
+            comparison_id=row.get("comparison_id"),
+        )  # fmt: skip
+
     def record(self) -> dict[str, Any]:
-        """The run as a row of the results store."""
+        """The run as a row of the results store (:meth:`from_record` reads it back)."""
         return {
             "run_id": self.run_id, "created_at": self.created_at, "comparison_id": self.comparison_id, "arm": self.arm,
             "shape": self.shape, "variant": self.variant, "tier": self.tier, "label": self.label, "sql": self.sql,
@@ -160,6 +184,13 @@ class Comparison:
             "interleaved": self.interleaved, "knobs": self.knobs, "extra": self.extra,
             "context": self.treatment.context,
         }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, row: dict[str, Any], baseline: dict[str, Any], treatment: dict[str, Any]) -> Comparison:
+        """The comparison a results-store row (and its two runs' rows) holds: the inverse of :meth:`record`."""
+        v = Verdict(row["ratio"], row["ci_low"], row["ci_high"], row["verdict_kind"], row["verdict"])
+        return cls(row["comparison_id"], row["shape"], Run.from_record(baseline), Run.from_record(treatment), v,
+                   bool(row["interleaved"]), created_at=row["created_at"], extra=_loads(row.get("extra")) or {})  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return {

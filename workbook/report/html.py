@@ -18,10 +18,9 @@ from typing import Any
 
 from ..cluster.target import redact_text
 from ..errors import WorkbookError
-from ..experiment.findings import MISESTIMATE_FACTOR, Finding
-from ..experiment.plan import Plan, parse_plan
+from ..experiment.findings import MISESTIMATE_FACTOR
+from ..experiment.plan import Plan
 from ..experiment.runs import Comparison, Run
-from ..experiment.timing import Verdict
 from ..results.store import ResultsStore
 
 _CSS = """
@@ -38,33 +37,13 @@ pre { padding: 8px; overflow-x: auto; } pre.ddl { white-space: pre-wrap; overflo
 """
 
 
-def _loads(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _samples(value: Any) -> list[float]:
-    """DuckDB hands a DOUBLE[] back as a list or a numpy array (whose truth value is ambiguous)."""
-    return [] if value is None else [float(x) for x in value]
-
-
-def _run(row: dict[str, Any]) -> Run:
-    plan = parse_plan(_loads(row["plan"])) if row.get("plan") else None
-    return Run(
-        run_id=row["run_id"], label=row.get("label") or "", shape=row.get("shape") or "", variant=row.get("variant") or "",
-        tier=row.get("tier") or "", sql=row.get("sql") or "", params=_loads(row.get("params")) or [],
-        knobs=_loads(row.get("knobs")) or [], samples_ms=_samples(row.get("samples_ms")),
-        plan=plan, findings=[Finding(**f) for f in (_loads(row.get("findings")) or [])], context=_loads(row.get("context")) or {},
-        created_at=row["created_at"], arm=row.get("arm"), comparison_id=row.get("comparison_id"),
-    )  # fmt: skip
-
-
 def comparisons_from_store(store: ResultsStore, ids: list[str] | None = None) -> list[Comparison]:
     """Rebuild stored comparisons (all, or those in ``ids``, in that order)."""
     comps = store.comparisons()
     if comps.empty:
         return []
     runs = {r["run_id"]: {str(k): v for k, v in r.items()} for r in store.runs().to_dict("records")}
-    rows = comps.to_dict("records")
+    rows = [{str(k): v for k, v in r.items()} for r in comps.to_dict("records")]
     if ids is not None:
         by_id = {r["comparison_id"]: r for r in rows}
         missing = [i for i in ids if i not in by_id]
@@ -73,10 +52,7 @@ def comparisons_from_store(store: ResultsStore, ids: list[str] | None = None) ->
         rows = [by_id[i] for i in ids]
     out = []
     for r in rows:
-        base, treat = _run(runs[r["baseline_run"]]), _run(runs[r["treatment_run"]])
-        v = Verdict(r["ratio"], r["ci_low"], r["ci_high"], r["verdict_kind"], r["verdict"])
-        out.append(Comparison(r["comparison_id"], r["shape"], base, treat, v, bool(r["interleaved"]),
-                              created_at=r["created_at"], extra=_loads(r.get("extra")) or {}))  # fmt: skip
+        out.append(Comparison.from_record(r, runs[r["baseline_run"]], runs[r["treatment_run"]]))
     return out
 
 
