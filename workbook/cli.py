@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="give each node its own CPU budget, e.g. 0.5 (a cgroup CPU quota as root, else whole "
                          "cores by CPU affinity, else the nodes share the CPUs, said in one note); remembered "
                          "by the cluster; 0 removes it")  # fmt: skip
+    up.add_argument("--pooler", action="store_true",
+                    help="also run PgBouncer (transaction pooling, 127.0.0.1 only) in front of the primary; "
+                         "'workbook down' stops it")  # fmt: skip
+    up.add_argument("--pool-size", type=int, default=None, metavar="N",
+                    help="PgBouncer's server connections per database/user (default 50; implies --pooler)")
 
     st = command("status", "each node's role, pid, port, state and replication lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -170,6 +175,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="where reads go: the primary, the replicas, or all nodes; writes always go to the primary")  # fmt: skip
     bn.add_argument("--driver", choices=("pgbench", "python"), default="pgbench",
                     help="pgbench (bundled with the server) or Python client threads (default pgbench)")  # fmt: skip
+    bn.add_argument("--pool", choices=("none", "psycopg", "sqlalchemy", "pgbouncer"), default="none",
+                    help="how the clients share connections: none (one each), a psycopg_pool, a SQLAlchemy engine "
+                         "(Python threads), or PgBouncer in front of the primary (pgbench, -M extended)")  # fmt: skip
+    bn.add_argument("--pool-size", type=int, default=None, metavar="N",
+                    help="connections in the pool (default 50); for pgbouncer its server connections")
     bn.add_argument("--sweep", default=None, metavar="N,N,...",
                     help="closed-loop runs at these client counts and a Universal Scalability Law fit")  # fmt: skip
     bn.add_argument("--json", action="store_true",
@@ -293,9 +303,10 @@ def _cluster(args: argparse.Namespace) -> Any:
     return LocalCluster(args.home, port=getattr(args, "port", None))
 
 
-def _print_status(nodes: list[Any], as_json: bool, kind: str) -> None:
+def _print_status(nodes: list[Any], as_json: bool, kind: str, *, pooler: Any = None) -> None:
     if as_json:
-        print(json.dumps({"target": kind, "nodes": [n.as_dict() for n in nodes]}, indent=2))
+        extra = {"pooler": pooler.as_dict()} if pooler is not None else {}
+        print(json.dumps({"target": kind, "nodes": [n.as_dict() for n in nodes], **extra}, indent=2))
         return
     header = ("NAME", "ROLE", "PID", "PORT", "STATE", "LAG_BYTES", "LAG_SECONDS", "CPU_BUDGET")
     rows = [header] + [
@@ -308,6 +319,14 @@ def _print_status(nodes: list[Any], as_json: bool, kind: str) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if pooler is not None:
+        def n(x: Any) -> str:
+            return "-" if x is None else str(x)
+
+        print(f"\npooler (PgBouncer, transaction pooling): port {pooler.port}, pool {pooler.pool_size}, "
+              f"pid {n(pooler.pid)}, {pooler.state}; clients active {n(pooler.clients_active)}, waiting "
+              f"{n(pooler.clients_waiting)}; server connections active {n(pooler.servers_active)}, idle "
+              f"{n(pooler.servers_idle)}")  # fmt: skip
 
 
 def _local_only(command: str) -> WorkbookError:
@@ -321,8 +340,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _external_target(args) is not None:
         raise _local_only("up")
     cluster = _cluster(args)
-    nodes = cluster.up(replicas=args.replicas, cpus_per_node=args.cpus_per_node)
-    _print_status(nodes, False, "local")
+    nodes = cluster.up(replicas=args.replicas, cpus_per_node=args.cpus_per_node, pooler=args.pooler,
+                       pool_size=args.pool_size)  # fmt: skip
+    _print_status(nodes, False, "local", pooler=cluster.pooler_status())
     print(f"\ncluster home: {cluster.home}  (stop it with: workbook down)")
     return 0
 
@@ -335,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     cluster = _cluster(args)
     nodes = cluster.status()
-    _print_status(nodes, args.json, "local")
+    _print_status(nodes, args.json, "local", pooler=cluster.pooler_status())
     if nodes and nodes[0].pid is not None:
         _print_leftovers(cluster.target())
     return 0
@@ -498,13 +518,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise WorkbookError(f"--sweep wants client counts like 1,2,4,8, got {args.sweep!r}") from None
     if args.duration <= 0 or args.duration > 3600:
         raise WorkbookError(f"--duration must be between 0 and 3600 seconds, got {args.duration:g}")
+    if args.pool_size is not None and (isinstance(args.pool_size, bool) or args.pool_size < 1):
+        raise WorkbookError(f"--pool-size must be a whole number >= 1, got {args.pool_size}")
+    if args.pool == "sqlalchemy" and (counts or args.rate):
+        raise WorkbookError("--pool sqlalchemy runs one closed-loop load: leave out --sweep and --rate")
+    if args.pool == "pgbouncer" and args.driver == "python":
+        raise WorkbookError("--pool pgbouncer drives PgBouncer with pgbench (-M extended): the Python driver "
+                            "prepares statements, which PgBouncer 1.18's transaction pooling cannot carry; "
+                            "leave out --driver python")  # fmt: skip
     target, store = _target(args), _store(args)
+    if args.pool == "sqlalchemy":
+        from .lessons.pooling import POOL_SIZE, sqlalchemy_engine
+
+        got = sqlalchemy_engine(target, mix=args.mix, clients=args.clients, pool_size=args.pool_size or POOL_SIZE,
+                                duration_s=args.duration)  # fmt: skip
+        if args.json:
+            print(json.dumps(got, indent=2, default=str))
+        else:
+            errors = ", ".join(f"{k} {v}" for k, v in got["errors"].items()) or "none"
+            print(f"sqlalchemy engine (pool_size {got['pool_size']}, max_overflow 0), {args.clients} clients: "
+                  f"{got['tps']:,.1f} TPS, p95 {got['p95_ms']} ms, errors: {errors}")  # fmt: skip
+        return 0
 
     def progress(t: float, tps: float) -> None:
         if not args.json:
             print(f"\r{t:5.1f} s  {tps:>10,.0f} TPS", end="", file=sys.stderr, flush=True)
 
     common: dict[str, Any] = dict(duration_s=args.duration, route=args.route, driver=args.driver, progress=progress)
+    if args.pool == "psycopg":
+        common.update(driver="python", pool_size=args.pool_size or 50)
+    elif args.pool == "pgbouncer":
+        if target.kind != "local":
+            raise WorkbookError("--pool pgbouncer runs the local cluster's PgBouncer; with --dsn, point --dsn at your pooler")
+        cluster = _cluster(args)
+        pooler = cluster.pooler_status()
+        if pooler is None or pooler.state != "running" or (args.pool_size and args.pool_size != pooler.pool_size):
+            cluster.add_pooler(args.pool_size)
+        target = cluster.target().through_pooler()
+        common.update(protocol="extended", allow_overload=True, monitor=False, route="primary")
     result: Any = sweep(target, args.mix, counts, **common) if counts else \
         run_load(target, args.mix, clients=args.clients, rate=args.rate, **common)  # fmt: skip
     result.save(store)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from .. import config
 from ..errors import ClusterError, PortInUse, UnknownNode
-from . import _cpu
+from . import _cpu, _pooler
 from ._binaries import PgBinaries
 from ._node import BASE_SETTINGS, Node, free_port, port_is_free
 from ._osuser import RunAs
@@ -443,11 +443,13 @@ class LocalCluster:
         """The cluster as a Target: primary + running replicas, writes allowed."""
         specs = self._specs()
         prim = next(s for s in specs if s.role == "primary")
+        pooler = _pooler.entry(self)
         return Target(
             primary=Endpoint(prim.name, self.dsn(prim.name)),
             replicas=tuple(Endpoint(s.name, self.dsn(s.name)) for s in specs if s.role == "replica"),
             allow_writes=True,
             kind="local",
+            pooler=Endpoint("pooler", _pooler.dsn(self, int(pooler["port"]))) if pooler else None,
         )
 
     def _connect(self, node: str | NodeSpec, *, dbname: str = DATABASE, timeout: int = 5) -> Any:
@@ -458,14 +460,20 @@ class LocalCluster:
                                application_name="workbook-admin")
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def up(self, replicas: int | None = None, *, cpus_per_node: float | None = None) -> list[NodeStatus]:
+    def up(self, replicas: int | None = None, *, cpus_per_node: float | None = None, pooler: bool = False,
+           pool_size: int | None = None) -> list[NodeStatus]:
         """Create the cluster if needed, start every node, heal broken replicas, and (if given)
         grow or shrink to ``replicas`` replicas. Safe to call again at any time.
 
         ``cpus_per_node`` (or the constructor's) sets each node's CPU budget and remembers it (0
         removes it); without it the cluster keeps the one it has. When this machine can enforce it
         neither with cgroup quotas nor with CPU affinity, one ``note:`` line on stderr says the
-        nodes share the CPUs."""
+        nodes share the CPUs.
+
+        ``pooler=True`` (or a ``pool_size``) also runs PgBouncer in front of the primary (see
+        :meth:`add_pooler`); a cluster that has one restarts it when it is down."""
+        if pool_size is not None:
+            _pooler.check_pool_size(pool_size)
         if cpus_per_node is not None:
             self._cpus = _cpu.check_cpus(cpus_per_node)
         if replicas is not None:
@@ -487,7 +495,12 @@ class LocalCluster:
             self._check_replica_capacity(replicas, {k: int(BASE_SETTINGS[k]) for k in _CAPACITY}, 0)
         home_existed = self.home.exists()
         try:
-            return self._up(replicas)
+            nodes = self._up(replicas)
+            if pooler or pool_size is not None:
+                self.add_pooler(pool_size)
+            else:
+                _pooler.ensure(self)
+            return nodes
         except BaseException:
             if not home_existed and not self.initialized:  # leave no trace of a failed first start
                 shutil.rmtree(self.home, ignore_errors=True)
@@ -654,6 +667,7 @@ class LocalCluster:
         if not self.home.exists():
             return
         with self._locked():
+            _pooler.kill(self.home)  # found by its working directory, like the nodes' processes
             roots = sorted((self.home / "nodes").glob("*/data"))
             primary = self._primary_spec().name if self.initialized else None
             for datadir in sorted(roots, key=lambda d: d.parent.name == primary):
@@ -693,6 +707,21 @@ class LocalCluster:
         for datadir in sorted((self.home / "nodes").glob("*/data")):
             out[datadir.parent.name] = [p.pid for p in _procs.processes_in(datadir)]
         return out
+
+    # ---- the pooler (see _pooler) ----------------------------------------------------------
+    def add_pooler(self, pool_size: int | None = None, *, port: int | None = None) -> _pooler.PoolerStatus:
+        """Run PgBouncer (transaction pooling, ``pool_size`` server connections, default 50) on
+        127.0.0.1 in front of the primary, as the server's OS user; remembered in ``cluster.json``,
+        stopped by ``stop()``/``destroy()``, restarted by ``up()``. Again: restarts it (new pool size)."""
+        return _pooler.add(self, pool_size, port)
+
+    def remove_pooler(self) -> None:
+        """Stop PgBouncer and forget it (its folder and auth file are deleted)."""
+        _pooler.remove(self)
+
+    def pooler_status(self) -> _pooler.PoolerStatus | None:
+        """The pooler's port, pool size, pid, state and SHOW POOLS counts; None: no pooler."""
+        return _pooler.status(self, _pooler.entry(self))
 
     # ---- replicas ------------------------------------------------------------------------
     def add_replica(self, name: str | None = None, *, timeout: float = 120.0) -> NodeStatus:
@@ -889,6 +918,8 @@ class LocalCluster:
                 self._follow(other, spec)
             if state.get("cpus_per_node"):
                 self._apply_cpu()
+            if state.get(_pooler.STATE_KEY):
+                _pooler.add(self)  # pointed at the new primary
         return self.status()
 
     def _controldata(self, node: Node) -> dict[str, str]:

@@ -224,6 +224,9 @@ class Target:
     replicas: tuple[Endpoint, ...] = ()
     allow_writes: bool = False
     kind: str = "external"  # "local" for the embedded cluster
+    #: a connection pooler (PgBouncer, transaction pooling) in front of the primary, if any;
+    #: ``connect("pooler")`` reaches it, and it is not one of ``endpoints`` (runs do not spread to it)
+    pooler: Endpoint | None = None
 
     @classmethod
     def from_dsn(
@@ -258,8 +261,18 @@ class Target:
         for e in self.endpoints:
             if e.name == name:
                 return e
-        known = ", ".join(e.name for e in self.endpoints)
+        if name == "pooler" and self.pooler is not None:
+            return self.pooler
+        known = ", ".join(e.name for e in self.endpoints) + (", pooler" if self.pooler is not None else "")
         raise TargetError(f"no node {name!r} in this target; known nodes: {known}")
+
+    def through_pooler(self) -> Target:
+        """This target with the pooler as its only node (named ``pooler``): what an app configured with
+        the pooler's DSN sees. Refused when there is no pooler."""
+        if self.pooler is None:
+            raise TargetError("this target has no pooler; start one with 'workbook up --pooler' "
+                              "(LocalCluster.add_pooler())")  # fmt: skip
+        return Target(primary=self.pooler, replicas=(), allow_writes=self.allow_writes, kind=self.kind)
 
     def __repr__(self) -> str:
         reps = ", ".join(redact_dsn(r.dsn) for r in self.replicas)
@@ -288,6 +301,8 @@ class Target:
         dsn_params(ep.dsn)  # a malformed DSN is refused (redacted) before libpq can echo it
         kwargs.setdefault("connect_timeout", 5)
         kwargs.setdefault("application_name", "workbook")
+        if ep.name == "pooler":  # transaction pooling (PgBouncer < 1.21): no server-side prepared statements
+            kwargs.setdefault("prepare_threshold", None)
         if not self.allow_writes:
             opts = kwargs.get("options", "")
             kwargs["options"] = (opts + " -c default_transaction_read_only=on").strip()
