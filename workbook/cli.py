@@ -238,10 +238,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     ad = command("advise", "propose indexes for a query and verify each by a what-if measurement")
-    ad.add_argument("--sql", required=True, help="the query (literal values; it is executed, rolled back)")
+    ad_what = ad.add_mutually_exclusive_group(required=True)
+    ad_what.add_argument("--sql", help="the query (literal values or $1 ...; it is executed, rolled back)")
+    ad_what.add_argument("--from-stats", action="store_true",
+                         help="advise pg_stat_statements' top statements together (one index serving several counts once)")
+    ad.add_argument("--top", type=int, default=5, metavar="N", help="with --from-stats: how many statements (default 5)")
     ad.add_argument("--repeats", type=int, default=15, help="timed repetitions per side (default 15)")
     ad.add_argument("--no-write-cost", action="store_true", help="skip measuring each suggestion's write cost")
     ad.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tp = command("top", "pg_stat_statements' top statements, each mapped to its query shape")
+    tp.add_argument("--by", choices=("total", "calls", "mean", "rows"), default="total", help="order (default total time)")
+    tp.add_argument("--limit", type=int, default=10, metavar="N", help="how many statements (default 10)")
+    tp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    hl = command("health", "unused and overlapping indexes, cache hit ratio, pg_stat_io, dead tuples, autovacuum lag")
+    hl.add_argument("--json", action="store_true", help="machine-readable output")
 
     dr = command("doctor", "what is installed and usable here, and what each missing piece disables")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
@@ -775,6 +787,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from .experiment import advise
 
     target = _measuring_target(args)
+    if args.from_stats:
+        return _advise_from_stats(target, args)
     advice = advise(target, args.sql, repeats=args.repeats, measure_write_cost=not args.no_write_cost)
     if args.json:
         print(json.dumps(advice.as_dict(), indent=2, default=str))
@@ -785,6 +799,60 @@ def cmd_advise(args: argparse.Namespace) -> int:
               f" writes x{c.write_ratio}")  # fmt: skip
     for c in advice.rejected:
         print(f"  (dropped) {c.ddl}: {c.rejected_because}")
+    return 0
+
+
+def _advise_from_stats(target: Any, args: argparse.Namespace) -> int:
+    from .experiment.workload import advise_from_stats
+
+    if not 1 <= args.top <= 50:
+        raise WorkbookError(f"--top must be from 1 to 50, not {args.top}")
+    advice = advise_from_stats(target, top=args.top, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(advice.as_dict(), indent=2, default=str))
+        return 0
+    print(advice.reason)
+    for k, st in enumerate(advice.statements):
+        print(f"  [{k}] {st['shape'] or '(not a catalog shape)'}: {' '.join(st['statement'].split())[:100]}" + (f"\n      {st['note']}" if st['note'].startswith('skipped') else ''))
+    for w in advice.chosen:
+        serves = ", ".join(f"[{i}] {w.speedups[i]}x" for i in w.speedups)
+        print(f"  {w.candidate.ddl};\n      serves {serves}; size {w.candidate.size_bytes or 0:,} B")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .experiment.workload import top_statements
+
+    if not 1 <= args.limit <= 1000:
+        raise WorkbookError(f"--limit must be from 1 to 1000, not {args.limit}")
+    frame = top_statements(_target(args), order=args.by, limit=args.limit)
+    if args.json:
+        print(json.dumps({"by": args.by, "statements": frame.to_dict("records")}, indent=2, default=str))
+        return 0
+    if not len(frame):
+        print("pg_stat_statements holds no application statement yet; run a workload (workbook bench) first")
+    for r in frame.to_dict("records"):
+        print(f"{r['calls']:>9,} calls {r['total_ms']:>11,.1f} ms total {r['mean_ms']:>9.3f} ms mean {r['rows']:>9,} rows"
+              f"  {r['shape'] or '(not a catalog shape)'}\n          {' '.join(r['query'].split())[:110]}")  # fmt: skip
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from .experiment.health import health
+
+    doc = health(_target(args))
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print(f"cache hit ratio: {doc['cache_hit_ratio']}  (statistics since {doc['stats_since'] or 'the server started'})")
+    print(f"unused indexes: {', '.join(i['schema'] + '.' + i['index'] for i in doc['unused_indexes']) or 'none'}")
+    for o in doc["overlapping_indexes"]:
+        print(f"  {o['redundant']} is {'a duplicate of' if o['duplicate'] else 'a prefix of'} {o['covered_by']} ({o['table']})")
+    for t in doc["tables"][:10]:
+        print(f"  {t['schema']}.{t['table']}: {t['dead']:,} dead ({t['dead_share']:.1%}); autovacuum in {t['autovacuum_lag']:,} more")
+    for row in doc["io"][:8]:
+        print(f"  io {row['backend_type']}/{row['object']}/{row['context']}: reads {row['reads']}, hits {row['hits']}, writes {row['writes']}")
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in doc["settings"].items()))
     return 0
 
 
@@ -812,6 +880,8 @@ COMMANDS = {
     "explain": cmd_explain,
     "compare": cmd_compare,
     "advise": cmd_advise,
+    "top": cmd_top,
+    "health": cmd_health,
     "report": cmd_report,
     "doctor": cmd_doctor,
 }

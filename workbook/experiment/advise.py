@@ -18,6 +18,15 @@
 
 On a read-only target nothing can be built: the candidates come back unverified, and the reason
 says how to measure them.
+
+**Parameterised statements** (``$1``, ``$2`` ... as ``pg_stat_statements`` and prepared
+statements hold them): the candidates come from ``EXPLAIN (GENERIC_PLAN)`` on PostgreSQL 16+ (a
+plan that holds for any value); on 13–15 from the plan of the statement with values put in. The
+values (:func:`bind_parameters`) are what timing needs on every version: each ``$n``'s type is
+asked of the server (the statement is prepared, described and deallocated; nothing runs), and its
+value is sampled from the column it is compared with — the most common value in ``pg_stats``,
+else the middle of its histogram, else one row's value, else a plain value of the type
+(``LIMIT $n`` gets 20, ``OFFSET $n`` 0).
 """
 
 from __future__ import annotations
@@ -313,21 +322,178 @@ def advise(
         raise WorkbookError(f"repeats must be at least 2, got {repeats!r}")
     if timeout_s <= 0:
         raise WorkbookError(f"timeout_s must be positive, got {timeout_s!r}")
-    advice = _advise(target, read.text, params, repeats=repeats, warmup=warmup, max_candidates=max_candidates,
-                     measure_write_cost=measure_write_cost, timeout_s=timeout_s)  # fmt: skip
+    generic: str | None = None
+    query_text = read.text
+    if params is None and parameter_numbers(read.text):
+        with target.connect() as conn:
+            binding = bind_parameters(conn, read.text, timeout_s=timeout_s)
+        generic, query_text = read.text, binding.sql
+        note += f"parameters sampled: {binding.describe()}; "
+    advice = _advise(target, query_text, params, repeats=repeats, warmup=warmup, max_candidates=max_candidates,
+                     measure_write_cost=measure_write_cost, timeout_s=timeout_s, generic=generic)  # fmt: skip
     advice.statement = stmt.text
     advice.reason = note + advice.reason
     return advice
 
 
+# --------------------------------------------------------------------------- parameters ($1 ...)
+_PARAM = re.compile(r"(?<![\w$])\$(\d+)(?![\w$])")
+_OPS = r"(?:=|<>|!=|<=|>=|<|>|@>|<@|\?\||\?&|\?|<->|<=>|<#>|~~\*?|LIKE|ILIKE|IN)"
+_LEFT_COL = r'((?:"[^"]+"|[A-Za-z_][\w$]*)(?:\.(?:"[^"]+"|[A-Za-z_][\w$]*))?)'
+_TABLES = re.compile(r'\b(?:FROM|JOIN|UPDATE|INTO)\s+((?:"[^"]+"|[A-Za-z_][\w$]*)(?:\.(?:"[^"]+"|[A-Za-z_][\w$]*))?)', re.I)
+_NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
+_PLAIN_VALUES = {"boolean": "true", "uuid": "00000000-0000-0000-0000-000000000000", "jsonb": "{}", "json": "{}",
+                 "interval": "7 days", "date": "2024-01-01", "timestamp with time zone": "2024-01-01 00:00:00+00",
+                 "timestamp without time zone": "2024-01-01 00:00:00"}  # fmt: skip
+
+
+def parameter_numbers(query: str) -> list[int]:
+    """The ``$n`` placeholders of ``query``, in order of number (not those inside quotes or comments)."""
+    return sorted({int(t.text[1:]) for t in _param_tokens(query)})
+
+
+def _param_tokens(query: str) -> list[Any]:
+    from ..statement import tokenize
+
+    return [t for t in tokenize(query) if t.kind == "param" and t.text[1:].isdigit()]
+
+
+@dataclass
+class Binding:
+    """A parameterised statement with its ``$n`` replaced by typed literals, and where each came from."""
+
+    generic: str
+    sql: str
+    values: dict[int, tuple[str, str, str]]  # n -> (type, value as text, where it came from)
+
+    def describe(self) -> str:
+        return ", ".join(f"${n} = {v!r}::{t} ({src})" for n, (t, v, src) in self.values.items())
+
+
+def bind_parameters(conn: psycopg.Connection[Any], query: str, *, timeout_s: float = 30.0) -> Binding:
+    """Typed values for the ``$n`` of ``query``, sampled from column statistics (see module doc)."""
+    numbers = parameter_numbers(query)
+    if not numbers:
+        return Binding(query, query, {})
+    types = _parameter_types(conn, query)
+    tables = _referenced_tables(conn, query)
+    values: dict[int, tuple[str, str, str]] = {}
+    for n in numbers:
+        typ = types.get(n, "text")
+        value, source = _sample_value(conn, query, n, typ, tables)
+        values[n] = (typ, value, source)
+
+    parts, at = [], 0
+    for tok in _param_tokens(query):
+        typ, value, _ = values[int(tok.text[1:])]
+        parts += [query[at : tok.start], f"{sql.Literal(value).as_string(conn)}::{typ}"]
+        at = tok.end
+    bound = "".join(parts) + query[at:]
+    check_statement(bound, what="the statement with sampled values")
+    return Binding(query, bound, values)
+
+
+def _parameter_types(conn: psycopg.Connection[Any], query: str) -> dict[int, str]:
+    """Each ``$n``'s type as the server infers it: prepare (nothing runs), describe, deallocate."""
+    from psycopg import pq
+
+    name = b"wb_advise_params"
+    pgconn = conn.pgconn
+    res = pgconn.prepare(name, query.encode(), None)
+    if res.status != pq.ExecStatus.COMMAND_OK:
+        msg = (res.error_message or b"").decode(errors="replace").strip()
+        raise WorkbookError(f"the server cannot prepare the statement: {msg}")
+    try:
+        desc = pgconn.describe_prepared(name)
+        oids = [desc.param_type(i) for i in range(desc.nparams)]
+    finally:
+        pgconn.exec_(b"DEALLOCATE wb_advise_params")
+    names = dict(conn.execute("SELECT o, format_type(o, NULL) FROM unnest(%s::oid[]) o", (oids,)).fetchall()) if oids else {}
+    return {i + 1: str(names.get(o, "text")) for i, o in enumerate(oids)}
+
+
+def _referenced_tables(conn: psycopg.Connection[Any], query: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for m in _TABLES.finditer(query):
+        row = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = to_regclass(%s)", (m.group(1),)
+        ).fetchone()  # fmt: skip
+        if row and (row[0], row[1]) not in out:
+            out.append((row[0], row[1]))
+    return out
+
+
+def _compared_column(query: str, n: int) -> str | None:
+    """The column ``$n`` is compared with (``col = $n``, ``$n < col``, ``col = ANY($n)`` ...)."""
+    p = rf"\${n}(?![\w$])"
+    m = re.search(rf"{_LEFT_COL}\s*(?:::\s*\w+\s*)?{_OPS}\s*(?:ANY\s*)?\(?\s*{p}", query, re.I)
+    if m is None:
+        m = re.search(rf"{p}(?:::\s*[\w ]+?)?\s*{_OPS}\s*{_LEFT_COL}", query, re.I)
+    if m is None:
+        return None
+    return _unquote(m.group(1).split(".")[-1])
+
+
+def _sample_value(conn: psycopg.Connection[Any], query: str, n: int, typ: str,
+                  tables: list[tuple[str, str]]) -> tuple[str, str]:  # fmt: skip
+    if re.search(rf"\bLIMIT\s+\${n}(?![\w$])", query, re.I):
+        return "20", "LIMIT"
+    if re.search(rf"\bOFFSET\s+\${n}(?![\w$])", query, re.I):
+        return "0", "OFFSET"
+    col = _compared_column(query, n)
+    if col is not None:
+        for schema, table in tables:
+            row = conn.execute(
+                "SELECT (most_common_vals::text::text[])[1],"
+                " (histogram_bounds::text::text[])[greatest(1, array_length(histogram_bounds::text::text[], 1) / 2)]"
+                " FROM pg_stats WHERE schemaname = %s AND tablename = %s AND attname = %s",
+                (schema, table, col),
+            ).fetchone()
+            if row and (row[0] is not None or row[1] is not None):
+                which = "most common value" if row[0] is not None else "histogram middle"
+                return str(row[0] if row[0] is not None else row[1]), f"{which} of {table}.{col}"
+            has = conn.execute(
+                "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace s ON s.oid = c.relnamespace"
+                " WHERE s.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped", (schema, table, col)
+            ).fetchone()  # fmt: skip
+            if has:
+                one = conn.execute(
+                    sql.SQL("SELECT {}::text FROM {} WHERE {} IS NOT NULL LIMIT 1").format(
+                        sql.Identifier(col), sql.Identifier(schema, table), sql.Identifier(col))
+                ).fetchone()  # fmt: skip
+                if one and one[0] is not None:
+                    return str(one[0]), f"a row of {table}.{col}"
+    if typ in _NUMERIC:
+        return "1", "a plain value of the type"
+    return _PLAIN_VALUES.get(typ, "x"), "a plain value of the type"
+
+
+def generic_plan(conn: psycopg.Connection[Any], query: str, *, timeout_s: float = 30.0) -> Plan:
+    """``EXPLAIN (GENERIC_PLAN, VERBOSE, FORMAT JSON)`` of a parameterised statement (PostgreSQL 16+)."""
+    from .plan import parse_plan
+
+    if conn.info.server_version < 160000:
+        raise WorkbookError(f"EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16 or newer; this is {conn.info.server_version // 10000}")
+    stmt = check_statement(query, what="the statement to EXPLAIN")
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(timeout_s * 1000))}ms",))
+        row = conn.execute(f"EXPLAIN (GENERIC_PLAN, VERBOSE, FORMAT JSON) {stmt.text}").fetchone()
+    assert row is not None
+    return parse_plan(row[0], sql=query)
+
+
 def _advise(
     target: Target, query: str, params: Any, *, repeats: int, warmup: int, max_candidates: int,
-    measure_write_cost: bool, timeout_s: float,
+    measure_write_cost: bool, timeout_s: float, generic: str | None = None,
 ) -> Advice:  # fmt: skip
     with target.connect() as conn:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
         estimate = explain(conn, query, params, analyze=False, timeout_s=timeout_s)
-        uses = _uses(estimate)
+        proposing = estimate
+        if generic is not None and conn.info.server_version >= 160000:
+            proposing = generic_plan(conn, generic, timeout_s=timeout_s)
+        uses = _uses(proposing)
         candidates = _candidates(conn, uses)[:max_candidates]
         if not uses:
             return Advice(query, [], [], "the query reads no table, so no index can help", estimate)
