@@ -84,7 +84,11 @@ def test_figures_are_named_as_the_issue_says(ran: LessonResult) -> None:
 
 def test_direct_counts_too_many_clients_and_pools_do_not(ran: LessonResult) -> None:
     s = ran.figures["setups"]
-    assert s["direct"]["errors"].get("too_many_clients", 0) > 0, s["direct"]
+    f = ran.figures
+    assert f["direct_connections_refused"] > 0 and "too many clients" in f["direct_refusal"], f
+    assert f["direct_connections_opened"] + f["direct_connections_refused"] == 200
+    assert f["direct_connections_opened"] <= 100
+    assert set(s["direct"]["errors"]) <= {"too_many_clients"}, s["direct"]
     for name in ("psycopg_pool", "sqlalchemy"):
         assert s[name]["errors"] == {}, (name, s[name])
         assert s[name]["tps"] > 0

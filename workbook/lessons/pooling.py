@@ -140,12 +140,58 @@ def _prepared(lab: Lab) -> Any:
     return prepare(lab.target, get_mix(MIX), pool_size=16, seed=0)
 
 
-def direct(lab: Lab, *, clients: int = CLIENTS, duration_s: float = DIRECT_DURATION_S) -> LoadRun:
-    """One connection per client, straight to the primary: past max_connections, refused."""
+def connect_storm(target: Target, *, clients: int = CLIENTS, hold_s: float = 1.0) -> dict[str, Any]:
+    """``clients`` threads each open one connection to the primary at once and hold it until every
+    one has tried: how many the server refused, by error class (the first message kept)."""
+    import psycopg
+
+    from ..traffic.classify import classify_exception
+
+    ready = threading.Barrier(clients, timeout=60)
+    opened: list[int] = [0]
+    refused: dict[str, int] = {}
+    first: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = None
+        try:
+            conn = psycopg.connect(target.primary.dsn, autocommit=True, connect_timeout=30,
+                                   application_name=APP + "-storm")  # fmt: skip
+            with lock:
+                opened[0] += 1
+        except psycopg.Error as exc:
+            k = classify_exception(exc)
+            with lock:
+                refused[k] = refused.get(k, 0) + 1
+                if not first:
+                    first.append(" ".join(str(exc).split())[:160])
+        try:
+            ready.wait()
+            time.sleep(hold_s)
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return {"clients": clients, "opened": opened[0], "refused": dict(refused), "first_error": first[0] if first else None}
+
+
+def direct(lab: Lab, *, clients: int = CLIENTS, duration_s: float = DIRECT_DURATION_S) -> dict[str, Any]:
+    """One connection per client, straight to the primary: past max_connections, refused. First all
+    200 connect at once (a deploy, a restart); then the mix runs on them for a few seconds."""
     from ..traffic import run_load
 
-    return run_load(lab.target, MIX, clients=clients, duration_s=duration_s, driver="python", allow_overload=True,
-                    monitor=False, protect_dataset=False, prepared=_prepared(lab))  # fmt: skip
+    storm = connect_storm(lab.target, clients=clients)
+    run = run_load(lab.target, MIX, clients=clients, duration_s=duration_s, driver="python", allow_overload=True,
+                   monitor=False, protect_dataset=False, prepared=_prepared(lab))  # fmt: skip
+    return {"connect_storm": storm, "load": run}
 
 
 def psycopg_pool(lab: Lab, *, clients: int = CLIENTS, pool_size: int = POOL_SIZE, duration_s: float = DURATION_S,
@@ -516,11 +562,14 @@ def figures(outputs: dict[str, Any]) -> dict[str, Any]:
         "mix": s["mix"],
         "pgbouncer_version": s["pgbouncer"],
         "setups": {
-            "direct": _run_summary(outputs["direct"], "python"),
+            "direct": _run_summary(outputs["direct"]["load"], "python"),
             "psycopg_pool": _run_summary(outputs["psycopg_pool"], "python"),
             "sqlalchemy": {k: outputs["sqlalchemy"][k] for k in ("tps", "p95_ms", "errors", "driver")},
             "pgbouncer": {k: v for k, v in pgb_fig.items() if k != "notes"},
         },
+        "direct_connections_opened": outputs["direct"]["connect_storm"]["opened"],
+        "direct_connections_refused": sum(outputs["direct"]["connect_storm"]["refused"].values()),
+        "direct_refusal": outputs["direct"]["connect_storm"]["first_error"],
         "direct_pool_size_pgbench": None if direct50 is None else {k: v for k, v in direct50.items() if k != "notes"},
         "pool_wait_p50_ms": q["wait"]["wait_p50_ms"],
         "pool_wait_p95_ms": q["wait"]["wait_p95_ms"],
@@ -555,7 +604,8 @@ LESSON = Lesson(
              "max_connections is what the server accepts; PgBouncer (transaction pooling) is started on the local "
              "cluster when it is installed.", setup),
         Step("direct", "200 clients, one connection each",
-             "Count too_many_clients: every client past max_connections is refused.", direct),
+             "All 200 connect at once: count the refused; then the mix on the connections that got in, and "
+             "too_many_clients for the clients that retry.", direct),
         Step("psycopg_pool", "200 threads on a psycopg_pool of 50",
              "No refusals: the 150 threads without a connection wait in the pool's queue.", psycopg_pool),
         Step("sqlalchemy", "The same through a SQLAlchemy engine",
