@@ -134,3 +134,17 @@ def test_semi_join_inner_merge_join_sides_and_exists_subplans_stop_early() -> No
     # an underestimate stays an underestimate even where the node was stopped early
     under = parse_plan({"Plan": _node("Limit", 10, 10, _node("Index Scan", 2, 10))})
     assert under.nodes[1].misestimate == 5 and under.nodes[1].misestimate_direction == "under"
+
+
+def test_plan_diff_names_what_a_change_removed_added_and_kept() -> None:
+    from workbook.experiment import parse_plan, plan_diff
+
+    before = parse_plan({"Plan": _node("Limit", 20, 20, _node("Sort", 90, 20, _node("Seq Scan", 90, 95,
+                                       **{"Relation Name": "messages"})))})  # fmt: skip
+    after = parse_plan({"Plan": _node("Limit", 20, 20, _node("Index Scan", 20, 20, **{
+        "Relation Name": "messages", "Index Name": "messages_conversation_created"}))})  # fmt: skip
+    rows = {r["node"]: r for r in plan_diff(before, after)}
+    assert rows["Limit"]["change"] == "kept" and rows["Sort"]["change"] == "removed"
+    assert rows["Seq Scan on messages"]["change"] == "removed" and rows["Seq Scan on messages"]["rows_after"] is None
+    added = rows["Index Scan using messages_conversation_created on messages"]
+    assert added["change"] == "added" and added["rows_before"] is None and added["rows_after"] == 20

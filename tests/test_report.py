@@ -61,6 +61,9 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert len(sections) == 17  # indexes 5, jsonb 5, planner 7 (three page depths)
     assert text.count("95% CI") >= 17 and "faster, 95% CI" in text
     assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text
+    diff = text[text.index("<h3>what changed in the plan</h3>"):]
+    diff = diff[: diff.index("</table>")]
+    assert "<tr class='removed'><td>Seq Scan on messages</td>" in diff and "<tr class='added'><td>Index" in diff
     assert "Index Scan using messages_conversation_created" in text
     assert "class='num mis'" in text, "the correlated-columns misestimate is marked in its plan table"
     assert "stopped early" in text, "a Sort cut short by its Limit is not called a misestimate"

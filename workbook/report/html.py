@@ -33,7 +33,8 @@ section.lesson { border-top: 4px solid #444; margin-top: 3em; } .claim { font-si
 .verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
 pre { padding: 8px; overflow-x: auto; } pre.ddl { white-space: pre-wrap; overflow-wrap: anywhere; }
-.stopped { color: #666; font-style: italic; } .not-recommended { color: #555; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
+.stopped { color: #666; font-style: italic; } tr.removed td { color: #b00; text-decoration: line-through; }
+tr.added td { color: #1a7f37; font-weight: 600; } .not-recommended { color: #555; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
 """
 
 
@@ -79,6 +80,27 @@ def _plan_table(plan: Plan) -> str:
         )
     return ("<table><tr><th>node</th><th>est. rows</th><th>actual rows</th><th>misestimate</th><th>self ms</th>"
             "<th>buffers hit/read</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+
+
+def _plan_diff(before: Plan, after: Plan) -> str:
+    """Which nodes the change removed, added or kept, and what each cost before and after."""
+    from ..experiment.plan import plan_diff
+
+    def ms(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    def n(x: float | None) -> str:
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = "".join(
+        f"<tr class='{r['change']}'><td>{html.escape(r['node'])}</td><td>{r['change']}</td>"
+        f"<td class='num'>{ms(r['self_ms_before'])}</td><td class='num'>{ms(r['self_ms_after'])}</td>"
+        f"<td class='num'>{n(r['rows_before'])}</td><td class='num'>{n(r['rows_after'])}</td></tr>"
+        for r in plan_diff(before, after)
+    )
+    return ("<h3>what changed in the plan</h3><table class='plan-diff'><tr><th>node</th><th>change</th>"
+            "<th>self ms before</th><th>self ms after</th><th>rows before</th><th>rows after</th></tr>"
+            f"{rows}</table>")  # fmt: skip
 
 
 def _environment(comps: list[Comparison]) -> str:
@@ -157,6 +179,8 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
     for name, run in (("before", b), ("after", t)):
         if run.plan is not None:
             parts.append(f"<h3>plan {name}: <code>{html.escape(run.plan.summary())}</code></h3>{_plan_table(run.plan)}")
+    if b.plan is not None and t.plan is not None and c.plan_changed:
+        parts.append(_plan_diff(b.plan, t.plan))
     if t.plan is not None:
         parts.append(_svg(plan_view(t.plan, title="plan after (width = time, colour = misestimate)")))
     found = [("before", f) for f in b.findings] + [("after", f) for f in t.findings]
