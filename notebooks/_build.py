@@ -111,8 +111,8 @@ NOTEBOOKS = {
 
 
 def all_notebooks() -> dict[str, list[tuple[str, str]]]:
-    """Every notebook of the series: the ones above, and those whose cells live beside their own
-    builder (``_build_transactions.py``, ``_build_vectors.py``), in series order."""
+    """Every notebook of the series: the ones above, and those whose cells live in their own file
+    beside this one (``_build_transactions.py``, ``_build_pooling.py`` ...), in series order."""
     import importlib
     import sys
 
@@ -123,14 +123,17 @@ def all_notebooks() -> dict[str, list[tuple[str, str]]]:
     return dict(sorted(out.items()))
 
 
-def build() -> None:
+def build(out: Path = HERE, only: list[str] | None = None) -> None:
+    """Write every notebook (or the ``only`` ones) into ``out``, without outputs."""
     for name, cells in all_notebooks().items():
+        if only is not None and name not in only:
+            continue
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
         for i, cell in enumerate(nb.cells):
             cell["id"] = f"{name}-{i:02d}"
-        nbf.write(nb, HERE / f"{name}.ipynb")
+        nbf.write(nb, out / f"{name}.ipynb")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Write notebook 06 (connections and pooling), without outputs: python notebooks/_build_pooling.py
+"""The cells of notebook pooling: ``python notebooks/_build.py`` writes it (without outputs).
 
 Kept apart from _build.py; ``NOTEBOOKS`` here has the same shape as there (name -> [(kind,
 source)]). Cell ids follow the same scheme: "<name>-<index:02d>".
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import nbformat as nbf
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -57,17 +55,3 @@ NOTEBOOKS = {
         ("code", "from workbook.lessons.pooling import queue_wait\n\nanswer = 0  # your answer: the wait in ms\nm = queue_wait(lab.target, clients=100, pool_size=20, duration_s=2)\nprint(m)\nprint(\"right\" if abs(answer - m[\"wait_p50_ms\"]) < 0.2 * m[\"wait_p50_ms\"] else f\"not quite: {m['wait_p50_ms']} ms measured\")"),
     ],
 }
-
-
-def build(out: Path = HERE) -> None:
-    for name, cells in NOTEBOOKS.items():
-        nb = nbf.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-        for i, cell in enumerate(nb.cells):
-            cell["id"] = f"{name}-{i:02d}"
-        nbf.write(nb, out / f"{name}.ipynb")
-
-
-if __name__ == "__main__":
-    build()

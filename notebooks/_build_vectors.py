@@ -1,4 +1,4 @@
-"""Write notebook 08 (vectors and hybrid search), without outputs: python notebooks/_build_vectors.py
+"""The cells of notebook vectors: ``python notebooks/_build.py`` writes it (without outputs).
 
 Kept apart from _build.py while both are edited; ``NOTEBOOKS`` here has the same shape as there
 (name -> [(kind, source)]), so its entry can be merged into that file's dict unchanged. Cell ids
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import nbformat as nbf
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -52,17 +50,3 @@ NOTEBOOKS = {
         ("code", "VectorPanel(lab.target, lab.store)"),
     ],
 }
-
-
-def build() -> None:
-    for name, cells in NOTEBOOKS.items():
-        nb = nbf.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-        for i, cell in enumerate(nb.cells):
-            cell["id"] = f"{name}-{i:02d}"
-        nbf.write(nb, HERE / f"{name}.ipynb")
-
-
-if __name__ == "__main__":
-    build()

@@ -160,3 +160,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     report.outcome = "failed"
     report.longrepr = f"skipped, and WORKBOOK_TEST_NO_SKIP=1 forbids skips: {reason}"
+
+
+def figure_keys(figures: Any, prefix: str = "") -> set[str]:
+    """Every key path of a lesson's figures (values differ from run to run; names and nesting must not).
+    The results store hands figures back as JSON text or dicts: both are read."""
+    if isinstance(figures, str):
+        import json
+
+        try:
+            figures = json.loads(figures)
+        except ValueError:
+            return {prefix}
+    if not isinstance(figures, dict):
+        return {prefix}
+    return {k for name, v in figures.items() for k in figure_keys(v, f"{prefix}/{name}")}
+
+
+def built_notebook(tmp_path: Path, name: str) -> str:
+    """The text notebooks/_build.py writes for notebook ``name`` (to compare with the committed one)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_build", REPO / "notebooks" / "_build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(tmp_path, only=[name])
+    return (tmp_path / f"{name}.ipynb").read_text()

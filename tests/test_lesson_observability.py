@@ -27,7 +27,7 @@ from workbook.lessons import LESSONS, LessonResult, observability
 from workbook.results import ResultsStore
 from workbook.traffic import Mix, run_load
 
-from .conftest import REPO, catalog_snapshot, run_cli
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys, run_cli
 
 NOTEBOOK = REPO / "notebooks" / "07_observability_and_circuit_breakers.ipynb"
 PG15 = Path("/usr/lib/postgresql/15/bin")
@@ -232,26 +232,9 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     stored = ResultsStore(lab.home).lessons()
     mine = stored[(stored["lesson"] == "observability") & (stored["source"] == "notebook") & (stored["created_at"] >= started)]
     assert len(mine) == 1
-    assert _keys(mine["figures"].iloc[0]) == _keys(ran.figures)
+    assert figure_keys(mine["figures"].iloc[0]) == figure_keys(ran.figures)
 
-
-def _keys(figures: Any, prefix: str = "") -> set[str]:
-    if isinstance(figures, str):
-        try:
-            figures = json.loads(figures)
-        except ValueError:
-            return {prefix}
-    if not isinstance(figures, dict):
-        return {prefix}
-    return {k for name, v in figures.items() for k in _keys(v, f"{prefix}/{name}")}
 
 
 def test_notebook_builder_writes_the_committed_notebook(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_build_observability", REPO / "notebooks" / "_build_observability.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(tmp_path)
-    assert (tmp_path / NOTEBOOK.name).read_text() == NOTEBOOK.read_text(), "run python notebooks/_build_observability.py"
+    assert built_notebook(tmp_path, NOTEBOOK.stem) == NOTEBOOK.read_text(), "run python notebooks/_build.py"

@@ -20,7 +20,7 @@ from workbook.lab import Lab, open_lab
 from workbook.lessons import LessonResult, transactions
 from workbook.results import ResultsStore
 
-from .conftest import REPO, catalog_snapshot
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys
 
 NOTEBOOK = REPO / "notebooks" / "04_transactions_and_integrity.ipynb"
 FIGURES = {  # named as the issue names them, with the keys it names
@@ -166,28 +166,9 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     stored = ResultsStore(lab.home).lessons()
     mine = stored[(stored["lesson"] == "transactions") & (stored["source"] == "notebook") & (stored["created_at"] >= started)]
     assert len(mine) == 1
-    assert _keys(mine["figures"].iloc[0]) == _keys(ran.figures)
+    assert figure_keys(mine["figures"].iloc[0]) == figure_keys(ran.figures)
 
-
-def _keys(figures: Any, prefix: str = "") -> set[str]:
-    if isinstance(figures, str):
-        import json
-
-        try:
-            figures = json.loads(figures)
-        except ValueError:
-            return {prefix}
-    if not isinstance(figures, dict):
-        return {prefix}
-    return {k for name, v in figures.items() for k in _keys(v, f"{prefix}/{name}")}
 
 
 def test_notebook_builder_writes_the_committed_notebook(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_build_transactions", REPO / "notebooks" / "_build_transactions.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(tmp_path)
-    assert (tmp_path / NOTEBOOK.name).read_text() == NOTEBOOK.read_text(), "run python notebooks/_build_transactions.py"
+    assert built_notebook(tmp_path, NOTEBOOK.stem) == NOTEBOOK.read_text(), "run python notebooks/_build.py"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
@@ -19,7 +18,7 @@ from workbook.lessons import LESSONS, LessonResult, vectors
 from workbook.results import ResultsStore
 from workbook.ui.vector_panel import VectorPanel
 
-from .conftest import REPO, catalog_snapshot
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys
 
 NOTEBOOK = REPO / "notebooks" / "08_vectors_and_hybrid_search.ipynb"
 
@@ -154,31 +153,9 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     stored = ResultsStore(lab.home).lessons()
     mine = stored[(stored["lesson"] == "vectors") & (stored["source"] == "notebook") & (stored["created_at"] >= started)]
     assert len(mine) == 1
-    assert _keys(mine["figures"].iloc[0]) == _keys(ran.figures)
+    assert figure_keys(mine["figures"].iloc[0]) == figure_keys(ran.figures)
 
-
-def _keys(figures: Any, prefix: str = "") -> set[str]:
-    if isinstance(figures, str):
-        import json
-
-        try:
-            figures = json.loads(figures)
-        except ValueError:
-            return {prefix}
-    if isinstance(figures, list):
-        return {k for i, v in enumerate(figures) for k in _keys(v, f"{prefix}/{i}")}
-    if not isinstance(figures, dict):
-        return {prefix}
-    return {k for name, v in figures.items() for k in _keys(v, f"{prefix}/{name}")}
 
 
 def test_notebook_builder_writes_the_committed_notebook(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_build_vectors", REPO / "notebooks" / "_build_vectors.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.HERE = tmp_path  # type: ignore[attr-defined]  # the module is loaded fresh: nothing to restore
-    module.build()
-    assert (tmp_path / NOTEBOOK.name).read_text() == NOTEBOOK.read_text(), "run python notebooks/_build_vectors.py"
+    assert built_notebook(tmp_path, NOTEBOOK.stem) == NOTEBOOK.read_text(), "run python notebooks/_build.py"

@@ -15,7 +15,7 @@ from workbook.lab import Lab, open_lab
 from workbook.results import ResultsStore
 from workbook.ui.panels import ExperimentPanel
 
-from .conftest import REPO, catalog_snapshot
+from .conftest import REPO, catalog_snapshot, figure_keys
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECT = {  # text each notebook must print: its lesson really happened
@@ -81,14 +81,8 @@ def test_notebook_runs_twice_headless_and_leaves_nothing(path: Path, lab: LocalC
         assert len(mine) == 2, f"{path.name} stored {len(mine)} lesson results, one per run expected"
         ran = lessons.lesson(lesson).run(open_lab(home=lab.home, progress=False))
         for figures in mine["figures"]:
-            assert _keys(figures) == _keys(ran.figures), f"{path.name}'s figures differ in shape from run()'s"
+            assert figure_keys(figures) == figure_keys(ran.figures), f"{path.name}'s figures differ in shape from run()'s"
 
-
-def _keys(figures: Any, prefix: str = "") -> set[str]:
-    """Every key path of a figures dict (values differ from run to run; names and nesting must not)."""
-    if not isinstance(figures, dict):
-        return {prefix}
-    return {k for name, v in figures.items() for k in _keys(v, f"{prefix}/{name}")}
 
 
 LESSON_OF = {lesson.notebook: name for name, lesson in lessons.LESSONS.items()}

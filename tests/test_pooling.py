@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import psutil
@@ -30,7 +29,7 @@ from workbook.lab import Lab, open_lab
 from workbook.lessons import LessonResult, pooling
 from workbook.results import ResultsStore
 
-from .conftest import REPO, destroy_and_prove, make_home, run_cli
+from .conftest import REPO, built_notebook, destroy_and_prove, figure_keys, make_home, run_cli
 
 NOTEBOOK = REPO / "notebooks" / "06_connections_and_pooling.ipynb"
 SCALE = 0.01
@@ -204,35 +203,13 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     stored = ResultsStore(cluster.home).lessons()
     mine = stored[(stored["lesson"] == "pooling") & (stored["source"] == "notebook") & (stored["created_at"] >= started)]
     assert len(mine) == 1
-    assert _keys(mine["figures"].iloc[0]) == _keys(ran.figures)
+    assert figure_keys(mine["figures"].iloc[0]) == figure_keys(ran.figures)
     assert not _pooler.processes(cluster.home), "the notebook's pooler is stopped by its last step"
 
 
-def _keys(figures: Any, prefix: str = "") -> set[str]:
-    if isinstance(figures, str):
-        try:
-            figures = json.loads(figures)
-        except ValueError:
-            return {prefix}
-    if not isinstance(figures, dict):
-        return {prefix}
-    if not figures:
-        return {prefix}
-    # error classes and notes vary from run to run: compare the named figures, not what a run happened to see
-    if prefix.endswith("/errors"):
-        return {prefix}
-    return {k for name, v in figures.items() for k in _keys(v, f"{prefix}/{name}")}
-
 
 def test_notebook_builder_writes_the_committed_notebook(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_build_pooling", REPO / "notebooks" / "_build_pooling.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(tmp_path)
-    assert (tmp_path / NOTEBOOK.name).read_text() == NOTEBOOK.read_text(), "run python notebooks/_build_pooling.py"
+    assert built_notebook(tmp_path, NOTEBOOK.stem) == NOTEBOOK.read_text(), "run python notebooks/_build.py"
 
 
 def test_no_pgbouncer_of_ours_is_left(cluster: LocalCluster) -> None:
