@@ -61,6 +61,8 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert len(sections) == 17  # indexes 5, jsonb 5, planner 7 (three page depths)
     assert text.count("95% CI") >= 17 and "faster, 95% CI" in text
     assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text
+    seen = text[text.index("<h1>What the server saw</h1>"):]
+    assert "Top statements by total time" in seen and "cache hit ratio" in seen and "conversation_latest_messages" in seen
     diff = text[text.index("<h3>what changed in the plan</h3>"):]
     diff = diff[: diff.index("</table>")]
     assert "<tr class='removed'><td>Seq Scan on messages</td>" in diff and "<tr class='added'><td>Index" in diff

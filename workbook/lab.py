@@ -256,9 +256,24 @@ def main_job(
     t2 = time.perf_counter()
     results = [lesson.run(lab, progress=say) for lesson in picked]
     phases["lessons"] = time.perf_counter() - t2
+    observed = _observed(lab.target)
     t3 = time.perf_counter()
-    text = render_lessons(results, dsns=[e.dsn for e in lab.target.endpoints], timings=phases)
+    text = render_lessons(results, dsns=[e.dsn for e in lab.target.endpoints], timings=phases, observed=observed)
     path = write_html(text, out)
     phases["render"] = time.perf_counter() - t3
     say(f"report: {path}")
     return path, phases, results
+
+
+def _observed(target: Target) -> dict[str, Any]:
+    """The report's "what the server saw": top statements and health, or why they are missing."""
+    from .experiment.health import health
+    from .experiment.workload import top_statements
+
+    out: dict[str, Any] = {}
+    try:
+        out["top"] = top_statements(target, limit=10)
+    except WorkbookError as exc:
+        out["note"] = f"no top statements: {exc}"
+    out["health"] = health(target)
+    return out

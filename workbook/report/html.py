@@ -268,8 +268,33 @@ def _recommended_block(comps: list[Comparison], advice: dict[str, tuple[bool, st
             f"<table><tr><th>query shape</th><th>verdict</th><th>DDL</th></tr>{rows}</table>")  # fmt: skip
 
 
+def _observability(seen: dict[str, Any]) -> str:
+    """What the server saw while the lessons ran: top statements, cache hit ratio, unused and
+    overlapping indexes, key settings (from workbook.experiment.workload and .health)."""
+    parts = ["<section class='observed' id='observability'><h1>What the server saw</h1>"]
+    if seen.get("note"):
+        parts.append(f"<p>{html.escape(seen['note'])}</p>")
+    top = seen.get("top")
+    if top is not None and len(top):
+        shown = top.assign(query=top["query"].map(lambda q: " ".join(str(q).split())[:120]))
+        parts.append("<h2>Top statements by total time (pg_stat_statements)</h2>"
+                     + shown.drop(columns=["queryid"]).to_html(index=False, border=0, float_format=lambda x: f"{x:,.4g}"))  # fmt: skip
+    h = seen.get("health") or {}
+    if h:
+        ratio = h.get("cache_hit_ratio")
+        parts.append("<h2>Health</h2><table>"
+                     f"<tr><th>cache hit ratio</th><td class='num'>{'–' if ratio is None else f'{ratio:.4f}'}</td></tr>"
+                     f"<tr><th>unused indexes</th><td>{html.escape(', '.join(i.get('index', '?') for i in h.get('unused_indexes', [])) or 'none')}</td></tr>"
+                     f"<tr><th>overlapping indexes</th><td>{len(h.get('overlapping_indexes', []))}</td></tr>"
+                     + "".join(f"<tr><th>setting {html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                               for k, v in (h.get("settings") or {}).items())
+                     + "</table>")  # fmt: skip
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def render_lessons(results: list[Any], *, title: str = "Database optimization report", dsns: list[str] | None = None,
-                   timings: dict[str, float] | None = None) -> str:  # fmt: skip
+                   timings: dict[str, float] | None = None, observed: dict[str, Any] | None = None) -> str:  # fmt: skip
     """The report as a composition of lessons: contents, then one section per lesson (its claim, its
     figures, and every step's measurements in the order its notebook runs them)."""
     from ..lessons import walk
@@ -280,6 +305,8 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     advice = recommendations(comps)
     toc = "".join(f"<li><a href='#lesson-{html.escape(r.name)}'>{html.escape(r.lesson.title)}</a> "
                   f"({r.seconds:.1f} s)</li>" for r in results)  # fmt: skip
+    if observed is not None:
+        toc += "<li><a href='#observability'>What the server saw</a></li>"
     phases = ""
     if timings:
         phases = "<p class='sub'>" + ", ".join(f"{html.escape(k)} {v:.1f} s" for k, v in timings.items()) + "</p>"
@@ -308,6 +335,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
         + _recommended_block(comps, advice)
         + ("<h2>Environment</h2>" + _environment(comps) if comps else "")
         + "\n".join(sections)
+        + (_observability(observed) if observed is not None else "")
     )  # fmt: skip
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>{body}</body></html>")  # fmt: skip
