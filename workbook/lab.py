@@ -176,6 +176,12 @@ class Lab:
 
         return ExperimentPanel(self.target, self.store, shape)
 
+    def pool_panel(self) -> Any:
+        """Clients, pool size, strategy (direct, psycopg_pool, SQLAlchemy, PgBouncer) → TPS/p95/errors."""
+        from .ui.pool_panel import PoolPanel
+
+        return PoolPanel(self.target, self.store)
+
     def dataset_panel(self) -> DatasetPanel:
         from .ui.panels import DatasetPanel
 
