@@ -123,7 +123,8 @@ LESSON = Lesson(
     name="indexes",
     title="Indexes: B-tree, composite column order, partial, covering — and what each costs",
     claim="The right index turns a scan of every tenant's messages into a read of a few rows; the wrong column "
-          "order does not; and every index slows every insert a little.",
+          "order buys much less; and every index is maintained on every insert: its write cost is measured with "
+          "its interval (at this scale often within the noise, which is the honest answer).",
     notebook="01_indexes",
     steps=(
         Step("missing_fk_index", "The missing foreign-key index",

@@ -69,14 +69,18 @@ def figures(outputs: dict[str, Any]) -> dict[str, Any]:
 LESSON = Lesson(
     name="jsonb",
     title="JSONB and GIN: @> vs ->>, jsonb_path_ops vs jsonb_ops, expression indexes",
-    claim="An index serves an operator, not a column: GIN serves @> and ?, an expression B-tree serves ->> =, "
-          "and for a value on most rows neither helps.",
+    claim="An index serves an operator, not a column: an expression B-tree serves ->> =, GIN with the default "
+          "jsonb_ops serves ? where jsonb_path_ops cannot; and the planner decides: with ORDER BY id DESC LIMIT it "
+          "may keep walking the primary key instead of using GIN for @>, and for a value on most rows an index "
+          "makes the query slower.",
     notebook="02_jsonb_and_gin",
     steps=(
         Step("two_ways", "Containment @> vs key equality ->>",
              "The same question asked two ways; without an index both scan every message.", two_ways),
-        Step("rare_value", "A rare value: where an index pays",
-             "GIN (jsonb_path_ops) serves @>; only an expression index serves ->> =.", rare_value),
+        Step("rare_value", "A rare value: where an index pays, and where the planner declines one",
+             "Only an expression index serves ->> =, and for a rare model it pays. For @> a GIN index could serve, "
+             "but with ORDER BY id DESC LIMIT the planner may walk the primary key backwards instead: compare the "
+             "plans before believing an index helps.", rare_value),
         Step("common_value", "A common value: where it does not",
              "For the model on most rows, the plan without the index finds its rows at once.", common_value),
         Step("operator_classes", "jsonb_path_ops vs jsonb_ops",
