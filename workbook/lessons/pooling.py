@@ -204,6 +204,24 @@ def psycopg_pool(lab: Lab, *, clients: int = CLIENTS, pool_size: int = POOL_SIZE
                     prepared=_prepared(lab))  # fmt: skip
 
 
+def _run_clients(client: Any, clients: int, duration_s: float, stop: threading.Event, *,
+                 join_timeout_s: float) -> float:  # fmt: skip
+    """Run ``client(i)`` in ``clients`` threads for ``duration_s``, then set ``stop`` and join them;
+    the seconds they ran (stop is set and threads are joined even when interrupted)."""
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    t0 = time.perf_counter()
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(duration_s)
+    finally:
+        stop.set()
+        elapsed = time.perf_counter() - t0
+        for t in threads:
+            t.join(timeout=join_timeout_s)
+    return elapsed
+
+
 def sqlalchemy_engine(target: Target, *, mix: str = MIX, clients: int = CLIENTS, pool_size: int = POOL_SIZE, max_overflow: int = 0,
                       pool_timeout_s: float = POOL_TIMEOUT_S, duration_s: float = DURATION_S,
                       node: str = "primary") -> dict[str, Any]:  # fmt: skip
@@ -268,17 +286,9 @@ def sqlalchemy_engine(target: Target, *, mix: str = MIX, clients: int = CLIENTS,
             if not stop.is_set():
                 lat[i].append((time.perf_counter() - t) * 1000)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    t0 = time.perf_counter()
     try:
-        for t in threads:
-            t.start()
-        time.sleep(duration_s)
+        elapsed = _run_clients(client, clients, duration_s, stop, join_timeout_s=pool_timeout_s + 10)
     finally:
-        stop.set()
-        elapsed = time.perf_counter() - t0
-        for t in threads:
-            t.join(timeout=pool_timeout_s + 10)
         engine.dispose()
     all_ms = [x for xs in lat for x in xs]
     if any(r.is_write for r in reqs) and all_ms:
@@ -382,17 +392,9 @@ def queue_wait(target: Target, *, clients: int = CLIENTS, pool_size: int = POOL_
                 waits[i].append((got - t) * 1000)
                 done[i] += 1
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    t0 = time.perf_counter()
     try:
-        for t in threads:
-            t.start()
-        time.sleep(duration_s)
+        elapsed = _run_clients(client, clients, duration_s, stop, join_timeout_s=timeout_s + 10)
     finally:
-        stop.set()
-        elapsed = time.perf_counter() - t0
-        for t in threads:
-            t.join(timeout=timeout_s + 10)
         pool.close(timeout=2)
     w = [x for xs in waits for x in xs]
     x = sum(done) / elapsed
