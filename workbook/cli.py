@@ -140,6 +140,15 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument(
         "--replicas", type=int, default=None, metavar="N", help="grow or shrink to N streaming replicas first"
     )
+    dl = command("drill", "failover drill: writers, kill -9 of the primary, promotion; acknowledged writes lost (RPO) "
+                          "and seconds to the first write (RTO)")
+    dl.add_argument("drill", choices=("failover",), help="the drill to run (failover)")
+    dl.add_argument("--sync", choices=("async", "remote_apply"), default="async",
+                    help="synchronous commit while the writers run (default async)")
+    dl.add_argument("--writers", type=int, default=4, metavar="N", help="concurrent writers (default 4)")
+    dl.add_argument("--duration", type=float, default=3.0, metavar="S", help="seconds of writing before the kill (default 3)")
+    dl.add_argument("--json", action="store_true", help="machine-readable result (acknowledged, lost, rto_s, ...)")
+
     lab.add_argument("--notebooks", default=None, metavar="DIR",
                      help="folder to open (default: the repository's notebooks/ when run in it, else a copy of "
                           f"the workbook's notebooks in ./{NOTEBOOK_COPY}, made once)")  # fmt: skip
@@ -418,6 +427,28 @@ def cmd_psql(args: argparse.Namespace) -> int:
     else:
         dsn = target.endpoint(args.node).dsn
         from .cluster import PgBinaries
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from .cluster.drill import check_drill_args, failover_drill
+
+    if _external_target(args) is not None:
+        raise WorkbookError(
+            "'workbook drill failover' kills the primary with kill -9 and promotes a replica, which needs the local "
+            "cluster; drop --dsn (or unset WORKBOOK_DSN) and start replicas with 'workbook up --replicas 2'"
+        )
+    check_drill_args(args.sync, args.writers, args.duration)
+    result = failover_drill(_cluster(args), sync=args.sync, writers=args.writers, duration_s=args.duration)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(result.describe())
+    print(f"how the replicas fell behind: {result.how_behind}")
+    if result.lost_ids:
+        more = ", ..." if result.lost > len(result.lost_ids) else ""
+        print(f"lost ids: {', '.join(map(str, result.lost_ids[:10]))}{more}")
+    print(f"the cluster has {result.replicas_after} replica(s) again; 'workbook status' shows them")
+    return 0
+
 
         psql = _psql_binary(PgBinaries.locate().bindir)
     params = dsn_params(dsn)
@@ -917,6 +948,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _dsns(args: argparse.Namespace | None) -> list[str]:
+    "drill": cmd_drill,
     """Every DSN this run may have used (for redacting messages), the local cluster's included."""
     found: list[str] = []
     with contextlib.suppress(Exception):  # redaction must not fail: the error being reported matters
