@@ -901,6 +901,7 @@ COMMANDS = {
     "status": cmd_status,
     "down": cmd_down,
     "promote": cmd_promote,
+    "drill": cmd_drill,
     "psql": cmd_psql,
     "lab": cmd_lab,
     "load": cmd_load,
@@ -948,7 +949,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _dsns(args: argparse.Namespace | None) -> list[str]:
-    "drill": cmd_drill,
     """Every DSN this run may have used (for redacting messages), the local cluster's included."""
     found: list[str] = []
     with contextlib.suppress(Exception):  # redaction must not fail: the error being reported matters
