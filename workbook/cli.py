@@ -136,10 +136,6 @@ def _parser() -> argparse.ArgumentParser:
     pr = command("promote", "fail over: make replica NAME the primary (the old primary is fenced and dropped)")
     pr.add_argument("name", help="the replica to promote (see 'workbook status')")
 
-    lab = command("lab", "start the cluster and JupyterLab on the notebooks")
-    lab.add_argument(
-        "--replicas", type=int, default=None, metavar="N", help="grow or shrink to N streaming replicas first"
-    )
     dl = command("drill", "failover drill: writers, kill -9 of the primary, promotion; acknowledged writes lost (RPO) "
                           "and seconds to the first write (RTO)")
     dl.add_argument("drill", choices=("failover",), help="the drill to run (failover)")
@@ -149,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--duration", type=float, default=3.0, metavar="S", help="seconds of writing before the kill (default 3)")
     dl.add_argument("--json", action="store_true", help="machine-readable result (acknowledged, lost, rto_s, ...)")
 
+    lab = command("lab", "start the cluster and JupyterLab on the notebooks")
+    lab.add_argument(
+        "--replicas", type=int, default=None, metavar="N", help="grow or shrink to N streaming replicas first"
+    )
     lab.add_argument("--notebooks", default=None, metavar="DIR",
                      help="folder to open (default: the repository's notebooks/ when run in it, else a copy of "
                           f"the workbook's notebooks in ./{NOTEBOOK_COPY}, made once)")  # fmt: skip
@@ -410,24 +410,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_psql(args: argparse.Namespace) -> int:
-    from .cluster.target import dsn_params
-
-    if not args.node.strip():
-        raise WorkbookError("--node needs a node name, e.g. --node primary or --node replica1 (see 'workbook status')")
-    target = _external_target(args)
-    if target is None:
-        cluster = _cluster(args)
-        dsn = cluster.dsn(None if args.node == "primary" else args.node)  # an unknown name is refused here
-        nodes = cluster.status()
-        node = nodes[0] if args.node == "primary" else next(n for n in nodes if n.name == args.node)
-        if node.pid is None:
-            raise WorkbookError(f"node {node.name!r} is down; start the cluster with 'workbook up'")
-        psql = _psql_binary(cluster.bins.bindir)
-    else:
-        dsn = target.endpoint(args.node).dsn
-        from .cluster import PgBinaries
-
 def cmd_drill(args: argparse.Namespace) -> int:
     from .cluster.drill import check_drill_args, failover_drill
 
@@ -449,6 +431,24 @@ def cmd_drill(args: argparse.Namespace) -> int:
     print(f"the cluster has {result.replicas_after} replica(s) again; 'workbook status' shows them")
     return 0
 
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    from .cluster.target import dsn_params
+
+    if not args.node.strip():
+        raise WorkbookError("--node needs a node name, e.g. --node primary or --node replica1 (see 'workbook status')")
+    target = _external_target(args)
+    if target is None:
+        cluster = _cluster(args)
+        dsn = cluster.dsn(None if args.node == "primary" else args.node)  # an unknown name is refused here
+        nodes = cluster.status()
+        node = nodes[0] if args.node == "primary" else next(n for n in nodes if n.name == args.node)
+        if node.pid is None:
+            raise WorkbookError(f"node {node.name!r} is down; start the cluster with 'workbook up'")
+        psql = _psql_binary(cluster.bins.bindir)
+    else:
+        dsn = target.endpoint(args.node).dsn
+        from .cluster import PgBinaries
 
         psql = _psql_binary(PgBinaries.locate().bindir)
     params = dsn_params(dsn)
