@@ -104,6 +104,21 @@ CREATE TABLE IF NOT EXISTS load_runs (
     notes JSON,
     usl JSON                   -- the sweep's fit, on each of its runs
 );
+CREATE TABLE IF NOT EXISTS slow_plans (
+    plan_id VARCHAR PRIMARY KEY,      -- node + log time + pid + duration + text: a log read twice stores each once
+    capture_id VARCHAR,               -- the plans of one capture (one workload) share it
+    captured_at TIMESTAMPTZ,          -- when the server logged it
+    node VARCHAR,
+    pid INTEGER,
+    duration_ms DOUBLE,
+    shape VARCHAR,                    -- the query shape its text maps to (as pg_stat_statements' do)
+    query VARCHAR,                    -- redacted: DSNs, passwords, password = '...' literals
+    plan JSON,                        -- auto_explain's JSON (Query Text, Plan ...)
+    plan_summary VARCHAR,
+    internal BOOLEAN,                 -- the workbook's or the load generator's own bookkeeping
+    threshold_ms DOUBLE,
+    source VARCHAR                    -- 'bench', 'lesson:observability' ...
+);
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key VARCHAR PRIMARY KEY,  -- server system identifier + load time
     checksum VARCHAR NOT NULL,
@@ -124,6 +139,10 @@ LOAD_RUN_COLUMNS = (
     "load_run_id", "created_at", "sweep_id", "mix", "driver", "route", "clients", "rate", "duration_s", "elapsed_s",
     "tps", "transactions", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "latency_ci", "errors", "by_node",
     "timeline", "wrote", "dataset_pristine", "dataset_changes", "cancelled", "events", "settings", "notes", "usl",
+)  # fmt: skip
+SLOW_PLAN_COLUMNS = (
+    "plan_id", "capture_id", "captured_at", "node", "pid", "duration_ms", "shape", "query", "plan", "plan_summary",
+    "internal", "threshold_ms", "source",
 )  # fmt: skip
 _LOAD_JSON = {"latency_ci", "errors", "by_node", "timeline", "dataset_changes", "events", "settings", "notes", "usl"}
 
@@ -256,6 +275,45 @@ class ResultsStore:
                          params=params or None).to_arrow_table().to_pandas()  # fmt: skip
         for c in _LOAD_JSON:
             df[c] = df[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        return df
+
+    def append_slow_plans(self, records: list[dict[str, Any]]) -> int:
+        """Store captured slow plans (``SlowPlan.record()`` dicts); one already stored is skipped. Returns how many were new."""
+        values = [[json.dumps(r.get(c), default=str) if c == "plan" else r.get(c) for c in SLOW_PLAN_COLUMNS]
+                  for r in records]  # fmt: skip
+        if not values:
+            return 0
+        with self._connect(write=True) as con:
+            con.execute("BEGIN")
+            before = con.execute("SELECT count(*) FROM slow_plans").fetchall()[0][0]
+            con.executemany(f"INSERT INTO slow_plans ({', '.join(SLOW_PLAN_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(SLOW_PLAN_COLUMNS))}) ON CONFLICT (plan_id) DO NOTHING", values)  # fmt: skip
+            after = con.execute("SELECT count(*) FROM slow_plans").fetchall()[0][0]
+            con.execute("COMMIT")
+        return int(after - before)
+
+    def slow_plans(self, *, capture_id: str | None = None, latest: bool = False, internal: bool = False,
+                   limit: int | None = None) -> pd.DataFrame:  # fmt: skip
+        """Stored slow plans, slowest first: of one capture, of the latest one, or all; ``plan`` decoded."""
+        import pandas as pd
+
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(SLOW_PLAN_COLUMNS))
+        with self._connect(write=False) as con:
+            if not _has_table(con, "slow_plans"):
+                return pd.DataFrame(columns=list(SLOW_PLAN_COLUMNS))
+            where, params = [], []
+            if capture_id is not None:
+                where.append("capture_id = ?")
+                params.append(capture_id)
+            elif latest:
+                where.append("capture_id = (SELECT capture_id FROM slow_plans ORDER BY captured_at DESC NULLS LAST LIMIT 1)")
+            if not internal:
+                where.append("NOT coalesce(internal, false)")
+            sql = (f"SELECT * FROM slow_plans {'WHERE ' + ' AND '.join(where) if where else ''} "
+                   f"ORDER BY duration_ms DESC, plan_id {f'LIMIT {int(limit)}' if limit else ''}")  # fmt: skip
+            df = con.sql(sql, params=params or None).to_arrow_table().to_pandas()
+        df["plan"] = df["plan"].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
 
     def cached_checksum(self, key: str, compute: Callable[[], str]) -> str:
