@@ -64,8 +64,6 @@ _GLOBAL_HELP = {
     "--dsn": "use your own PostgreSQL (primary DSN) instead of the local cluster; or $WORKBOOK_DSN",
     "--replica-dsn": "a read replica of --dsn (repeatable); or $WORKBOOK_REPLICA_DSNS, space-separated",
     "--allow-writes": "let the workbook write/DDL on the --dsn target (read-only by default); or $WORKBOOK_ALLOW_WRITES=1",
-    "--allow-plaintext": "allow connections without TLS to a --dsn host that is not loopback (refused by default); "
-                         "or $WORKBOOK_ALLOW_PLAINTEXT=1. TLS options go in the DSN: sslmode=verify-full sslrootcert=CA.crt",
 }  # fmt: skip
 
 
@@ -81,13 +79,11 @@ def _add_global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
         p.add_argument("--replica-dsn", action="append", metavar="DSN", dest=_REPLICA_DSN_AFTER, default=unset,
                        help=h["--replica-dsn"])  # fmt: skip
         p.add_argument("--allow-writes", action="store_true", default=unset, help=h["--allow-writes"])
-        p.add_argument("--allow-plaintext", action="store_true", default=unset, help=h["--allow-plaintext"])
         return
     p.add_argument("--home", metavar="DIR", default=None, help=h["--home"])
     p.add_argument("--dsn", default=config.dsn(), help=h["--dsn"])
     p.add_argument("--replica-dsn", action="append", metavar="DSN", default=None, help=h["--replica-dsn"])
     p.add_argument("--allow-writes", action="store_true", default=config.allow_writes(), help=h["--allow-writes"])
-    p.add_argument("--allow-plaintext", action="store_true", default=config.allow_plaintext(), help=h["--allow-plaintext"])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,12 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     rs = command("reset", "put the dataset back as it was loaded, from the copy taken before the first write workload")
     rs.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back), or read a plan you bring: plan, misestimates, findings")
-    ex_what = ex.add_mutually_exclusive_group(required=True)
-    ex_what.add_argument("--shape", help="query shape name (see datasets/ai_app/queries/)")
-    ex_what.add_argument("--plan-file", metavar="FILE|-",
-                         help="EXPLAIN output from elsewhere (text or JSON, bare, psql-framed or an auto_explain log "
-                              "entry; - reads stdin); needs no server")  # fmt: skip
+    ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
+    ex.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
     ex.add_argument("--variant", default=None, help="the shape's variant (default: its first)")
     ex.add_argument("--tier", choices=("hot", "cold"), default="hot", help="parameters for a big or a small tenant")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
@@ -306,7 +298,7 @@ def _external_target(args: argparse.Namespace) -> Any:
     replicas = args.replica_dsn
     if replicas is None:
         replicas = config.replica_dsns()
-    return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes, allow_plaintext=args.allow_plaintext)
+    return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes)
 
 
 def _measuring_target(args: argparse.Namespace) -> Any:
@@ -354,11 +346,6 @@ def _print_status(nodes: list[Any], as_json: bool, kind: str, *, pooler: Any = N
          "-" if not n.cpu_budget else f"{n.cpu_budget['cpus']:g} ({n.cpu_budget['how']})")
         for n in nodes
     ]
-    if any(n.tls is not None for n in nodes):  # external targets: the TLS each connection got (pg_stat_ssl)
-        rows = [(*rows[0], "TLS")] + [(*r, "-" if n.tls is None else
-                                       f"{n.tls['version']} {n.tls['cipher']}" if n.tls["ssl"] else "off")
-                                      for r, n in zip(rows[1:], nodes, strict=True)]  # fmt: skip
-        header = rows[0]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -765,8 +752,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .dataset import shape
     from .experiment import explain_shape, findings
 
-    if args.plan_file is not None:
-        return _explain_plan_file(args)
     qs = shape(args.shape)
     variant = qs.variant(args.variant)
     target = _measuring_target(args)
@@ -794,33 +779,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
     if len(variant.statements) > 1:
         print("(a per-row variant: the plan shown is its first statement's)")
-    return 0
-
-
-def _explain_plan_file(args: argparse.Namespace) -> int:
-    """``explain --plan-file``: a pasted plan read offline, shown as a shape's plan is."""
-    from .experiment import findings
-    from .experiment.plan_text import describe, leads, read_plan
-
-    try:
-        text = sys.stdin.read() if args.plan_file == "-" else Path(args.plan_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkbookError(f"cannot read --plan-file {args.plan_file!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    plan = read_plan(text)
-    found = findings(plan)
-    if args.json:
-        frame = plan.frame()
-        out = {
-            "format": plan.notes[0].removeprefix("format: ").lower(), "notes": plan.notes, "analyzed": plan.analyzed,
-            "plan_summary": plan.summary(), "execution_ms": plan.execution_ms, "planning_ms": plan.planning_ms,
-            "total_cost": plan.total_cost, "cache": plan.cache_state, "scans": [list(x) for x in plan.scans()],
-            "nodes": json.loads(frame.to_json(orient="records")), "findings": [f.as_dict() for f in found], **leads(plan),
-        }  # fmt: skip
-        print(json.dumps(out, indent=2, default=str))
-        return 0
-    print("\n".join(describe(plan)))
-    for f in found:
-        print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
     return 0
 
 
