@@ -204,3 +204,51 @@ def test_shapes_on_a_database_without_the_dataset_say_so(lab: LocalCluster) -> N
     finally:
         with lab.target().connect() as conn:
             conn.execute("DROP DATABASE wb_empty")
+
+
+# ------------------------------------------------------------------ the sequential rule the lessons time with
+def test_the_exact_rank_test_matches_counting_every_ordering() -> None:
+    import itertools
+
+    import numpy as np
+
+    from workbook.experiment.timing import rank_test_p
+
+    rng = np.random.default_rng(3)
+    a, b = list(rng.normal(0, 1, 4)), list(rng.normal(1, 1, 5))
+    pooled = a + b
+    u_obs = min(sum(x < y for x in a for y in b), sum(x > y for x in a for y in b))
+    as_extreme = total = 0
+    for pick in itertools.combinations(range(9), 4):  # every way to split the nine values 4 + 5
+        xs = [pooled[i] for i in pick]
+        ys = [pooled[i] for i in range(9) if i not in pick]
+        total += 1
+        as_extreme += sum(x < y for x in xs for y in ys) <= u_obs
+    assert rank_test_p(a, b) == pytest.approx(min(1.0, 2 * as_extreme / total))
+    assert rank_test_p([1.0] * 8, [1.0] * 8) == 1.0, "ties count against a difference"
+
+
+def test_the_interim_look_stops_only_what_is_beyond_doubt() -> None:
+    import numpy as np
+
+    from workbook.experiment.timing import decided_early
+
+    rng = np.random.default_rng(11)
+    same = sum(decided_early(rng.lognormal(0, 0.3, n), rng.lognormal(0, 0.3, n)) for n in (8, 14) for _ in range(300))
+    assert same <= 3, f"two identical arms stopped {same} times in 600 looks (each look's rate is < 0.001)"
+    clear = sum(decided_early(rng.lognormal(np.log(3), 0.3, 8), rng.lognormal(0, 0.3, 8)) for _ in range(100))
+    assert clear >= 90, "a 3x difference is decided after 8 turns"
+    small = sum(decided_early(rng.lognormal(np.log(1.05), 0.01, 14), rng.lognormal(0, 0.01, 14)) for _ in range(50))
+    assert small == 0, "a real but negligible difference (under the 1.10x threshold) never stops early"
+
+
+def test_a_lab_comparison_stops_early_only_when_decided(lab: LocalCluster) -> None:
+    wb = open_lab(home=lab.home, progress=False)
+    fast = wb.compare("conversation_latest_messages", wb.what_if("messages_conversation_created"), repeats=20)
+    assert fast.verdict.kind == "faster" and fast.extra["stopped_early"] == {"at": 8, "of": 20}
+    assert len(fast.baseline.samples_ms) == len(fast.treatment.samples_ms) == 8
+    assert "of at most 20 (decided at an interim look)" in fast.summary()
+    # an index the query cannot use: nothing to decide, so every repetition is taken
+    useless = wb.compare("conversation_latest_messages", wb.what_if("audit_actor_time"), repeats=20, confidence=0.99)
+    assert "stopped_early" not in useless.extra and len(useless.treatment.samples_ms) == 20
+    assert not useless.verdict.significant, useless.verdict

@@ -96,10 +96,12 @@ class Lab:
 
     def compare(self, shape: str, treatment: Any, baseline: Any = None, **kwargs: Any) -> Comparison:
         """:func:`workbook.experiment.compare` on this lab's target, stored in its results
-        (``repeats`` defaults to the lab's)."""
+        (``repeats``, a maximum, defaults to the lab's; a comparison whose difference is beyond
+        doubt at an interim look stops there: ``stop_early``, see workbook.experiment.timing)."""
         from .experiment import compare
 
         kwargs.setdefault("repeats", self.repeats)
+        kwargs.setdefault("stop_early", True)
         return compare(self.target, shape, treatment, baseline, store=self.store, **kwargs)
 
     def check(self, shape: str, index: str | None = None, variant: str | None = None, *, tier: str = "hot") -> str:

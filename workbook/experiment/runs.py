@@ -33,7 +33,7 @@ from ..statement import reads_only
 from .findings import Finding, findings
 from .knobs import Index, Knob, Variant, WhatIfIndex
 from .plan import Plan, QueryFailed, _server_message, explain, parse_plan
-from .timing import Verdict, median, p95, time_interleaved, verdict
+from .timing import DEFAULT_THRESHOLD, Verdict, decided_early, median, p95, time_interleaved, verdict
 from .wire import rolled_back, wire_runner
 
 if TYPE_CHECKING:
@@ -158,12 +158,19 @@ class Comparison:
     def knobs(self) -> list[dict[str, Any]]:
         return self.treatment.knobs
 
+    @property
+    def stopped_note(self) -> str:
+        """" of at most 20 (decided at an interim look)" when the sequential rule ended it early, else ""."""
+        stop = self.extra.get("stopped_early")
+        return f" of at most {stop['of']} (decided at an interim look)" if stop else ""
+
     def summary(self) -> str:
         b, t = self.baseline, self.treatment
         lines = [
             f"{self.shape}: {t.label} vs {b.label}: {self.verdict.text}",
             f"  median {b.median_ms:.3f} ms -> {t.median_ms:.3f} ms; p95 {b.p95_ms:.3f} -> {t.p95_ms:.3f} ms;"
-            f" {len(t.samples_ms)} {'interleaved' if self.interleaved else 'sequential'} repetitions; cache {t.cache}",
+            f" {len(t.samples_ms)} {'interleaved' if self.interleaved else 'sequential'} repetitions{self.stopped_note};"
+            f" cache {t.cache}",
         ]
         if b.plan and t.plan:
             lines.append(f"  plan before: {b.plan.summary()}")
@@ -300,6 +307,7 @@ def measure(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     params: Sequence[dict[str, Any]] | None = None,
+    decided: Callable[[list[list[float]]], bool] | None = None,
 ) -> tuple[list[Run], bool]:
     """Measure each arm; returns the runs and whether they were interleaved.
 
@@ -308,6 +316,7 @@ def measure(
     and the wire, ``"psycopg"`` also the Python driver's work. Runs are stored in ``store`` when
     one is given (as single runs; :func:`compare` stores its own as a comparison). ``params``
     gives the parameter sets instead of sampling them (e.g. one page depth of a pagination shape).
+    ``decided`` is the interim look of an interleaved measurement (:func:`~workbook.experiment.timing.time_interleaved`).
     """
     qs = _as_shape(qs)
     given = list(params) if params is not None else None
@@ -315,7 +324,8 @@ def measure(
     variants = [arm.resolved_variant(qs) for arm in arms]
     all_knobs = [k for arm in arms for k in arm.knobs]
     sequential = any(k.scope == "database" for k in all_knobs)
-    timing = dict(repeats=repeats, warmup=warmup, seed=seed, progress=progress, should_stop=should_stop)
+    timing = dict(repeats=repeats, warmup=warmup, seed=seed, progress=progress, should_stop=should_stop,
+                  decided=None if sequential else decided)  # arms timed one after the other cannot be compared mid-way
     try:
         with ExitStack() as stack:
             conns = []
@@ -479,11 +489,15 @@ def compare(
     threshold: float | None = None,
     confidence: float = 0.95,
     store: ResultsStore | None = None,
+    stop_early: bool = False,
     **kwargs: Any,
 ) -> Comparison:
     """Baseline vs treatment of one shape: interleaved when the knobs allow, with a verdict.
 
     ``treatment`` may be an :class:`Arm`, a knob, a list of knobs, or a variant name.
+    ``stop_early``: ``repeats`` is a maximum, and an interleaved comparison stops at an interim
+    look once its difference is beyond doubt (:func:`~workbook.experiment.timing.decided_early`);
+    one that is not decided takes every repetition. ``extra["stopped_early"]`` says where it stopped.
     """
     qs = _as_shape(qs)
     if isinstance(treatment, str):
@@ -494,6 +508,15 @@ def compare(
         knobs = tuple(treatment)
         treatment = Arm(" + ".join(k.label for k in knobs), None, knobs)
     baseline = baseline or Arm("baseline")
+    looks: list[int] = []
+
+    def decided(samples: list[list[float]]) -> bool:
+        done = decided_early(samples[0], samples[1], threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+        looks.append(len(samples[0])) if done else None
+        return done
+
+    if stop_early:
+        kwargs["decided"] = decided
     (b, t), interleaved = measure(target, qs, [baseline, treatment], store=store, **kwargs)  # stored below, as a pair
     v = verdict(b.samples_ms, t.samples_ms, confidence=confidence) if threshold is None else \
         verdict(b.samples_ms, t.samples_ms, confidence=confidence, threshold=threshold)
@@ -501,6 +524,8 @@ def compare(
     for run, arm in ((b, "baseline"), (t, "treatment")):
         run.arm, run.comparison_id = arm, cid
     extra: dict[str, Any] = {}
+    if looks:
+        extra["stopped_early"] = {"at": looks[-1], "of": kwargs.get("repeats", 30)}
     costs = [k.cost for k in treatment.knobs if hasattr(k, "cost")]
     if costs:
         extra["index_costs"] = [vars(c) for c in costs]

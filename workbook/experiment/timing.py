@@ -13,6 +13,16 @@ The verdict compares medians. Its uncertainty is a percentile bootstrap of the r
 interval excludes 1 and the ratio passes a practical threshold (default 1.10x, pgcompare's fixed
 rule); a real 3 % difference is called "negligible", and an interval that includes 1 is "no
 measurable difference".
+
+A comparison may stop before its ``repeats`` (:func:`decided_early`, a Haybittle–Peto rule):
+at the interim looks (after 8 and 14 turns, when the maximum is larger) it stops only when the
+difference is beyond doubt: an exact rank test (Mann–Whitney, ties counted against stopping)
+gives p < 0.001 **and** the 99.9 % bootstrap interval of the ratio of medians excludes 1 and
+passes the threshold. It never stops early for "no difference": those comparisons take every
+repetition, so fewer repetitions can not turn a verdict into "no measurable difference". Under
+two identical arms each look stops with probability < 0.001, so the whole rule's false-alarm
+rate is at most 0.05 + 2 × 0.001. The verdict is then computed, as always, from every sample
+taken (its 95 % interval is of those samples).
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 1.10
 BOOTSTRAP_RESAMPLES = 4000
+EARLY_LOOKS = (8, 14)  # turns after which a comparison may stop, when its maximum is larger
+EARLY_ALPHA = 0.001  # each interim look's false-alarm rate
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,44 @@ def verdict(
                    f"negligible: {way}, real but under the {threshold:.2f}x that matters", threshold)  # fmt: skip
 
 
+def _rank_counts(n: int, m: int) -> np.ndarray:
+    """How many of the C(n+m, n) orderings of two samples (no ties) give each Mann–Whitney U (0..n*m)."""
+    # f[j] holds the counts for (i, j) samples; f(i, j) = f(i-1, j) shifted by j + f(i, j-1)
+    f = [np.ones(1)] + [np.ones(1) for _ in range(m)]  # i = 0: U is 0 whatever j
+    for i in range(1, n + 1):
+        g = [np.ones(1)]  # j = 0: U is 0
+        for j in range(1, m + 1):
+            out = np.zeros(i * j + 1)
+            out[j:j + len(f[j])] += f[j]  # the largest value is the first sample's: it beats all j
+            out[:len(g[j - 1])] += g[j - 1]  # the largest is the second sample's
+            g.append(out)
+        f = g
+    return f[m]
+
+
+def rank_test_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided exact Mann–Whitney p-value that ``a`` and ``b`` come from one distribution.
+
+    Ties count against a difference (each tie adds a whole pair to the smaller U), so with ties
+    the p-value is conservative (too large), never too small.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    less = int((x[:, None] < y[None, :]).sum())
+    greater = int((x[:, None] > y[None, :]).sum())
+    ties = x.size * y.size - less - greater
+    u = min(less, greater) + ties
+    counts = _rank_counts(x.size, y.size)
+    return float(min(1.0, 2 * counts[: u + 1].sum() / counts.sum()))
+
+
+def decided_early(baseline: Sequence[float], treatment: Sequence[float], *,
+                  threshold: float = DEFAULT_THRESHOLD) -> bool:  # fmt: skip
+    """An interim look of a comparison: is the difference already beyond doubt (see the module)?"""
+    if min(len(baseline), len(treatment)) < EARLY_LOOKS[0] or rank_test_p(baseline, treatment) >= EARLY_ALPHA:
+        return False
+    return verdict(baseline, treatment, threshold=threshold, confidence=1 - EARLY_ALPHA).significant
+
+
 def time_interleaved(
     runners: Sequence[Callable[[], object]],
     *,
@@ -125,14 +175,17 @@ def time_interleaved(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    decided: Callable[[list[list[float]]], bool] | None = None,
 ) -> list[list[float]]:
     """Milliseconds per call for each runner: ``warmup`` untimed calls each, then ``repeats`` turns.
 
     In each turn every runner runs once, in a freshly shuffled order. ``should_stop`` is polled
     between turns (a Cancel button) from the third turn on; the samples gathered so far are
-    returned (at least two per runner, the least a median and an interval need). Python's cyclic
-    garbage collector is paused while timing, as :mod:`timeit` does, so a collection triggered by
-    one arm's allocations does not land in the other arm's sample.
+    returned (at least two per runner, the least a median and an interval need). ``decided`` is
+    asked after the turns in :data:`EARLY_LOOKS` below ``repeats`` (an interim look, e.g.
+    :func:`decided_early`); when it says yes, timing stops there. Python's cyclic garbage
+    collector is paused while timing, as :mod:`timeit` does, so a collection triggered by one
+    arm's allocations does not land in the other arm's sample.
     """
     for run in runners:
         for _ in range(warmup):
@@ -153,6 +206,8 @@ def time_interleaved(
                 samples[i].append((clock() - t0) / 1e6)
             if progress is not None:
                 progress(turn + 1, repeats)
+            if decided is not None and turn + 1 in EARLY_LOOKS and turn + 1 < repeats and decided(samples):
+                break
     finally:
         if collecting:
             gc.enable()

@@ -51,7 +51,7 @@ class Lesson:
     steps: tuple[Step, ...]
     figures: Callable[[dict[str, Any]], dict[str, Any]]
     references: tuple[tuple[str, str], ...] = ()  # (title, PostgreSQL documentation page)
-    charts: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # outputs -> {title: Altair chart}
+    charts: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # outputs -> {title: Vega-Lite spec or Altair chart}
 
     def step(self, name: str) -> Step:
         for s in self.steps:

@@ -93,7 +93,7 @@ def _read_comparisons(outputs: dict[str, Any]) -> dict[str, tuple[str, Compariso
 def _tradeoff(outputs: dict[str, Any]) -> Any:
     import pandas as pd
 
-    from ..ui.charts import index_tradeoff
+    from ..ui.charts import index_tradeoff_spec as index_tradeoff  # a dict: drawn without importing Altair
 
     costs = {r["index"]: r for r in outputs["write_costs"].to_dict("records")}
     rows = [{"index": name, "speedup": c.verdict.ratio, "write_ratio": costs[name]["write_cost"],

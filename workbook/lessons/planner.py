@@ -138,7 +138,7 @@ def explain_clock(lab: Lab) -> pd.DataFrame:
 
 
 def _pages(outputs: dict[str, Any]) -> Any:
-    from ..ui.charts import page_latency
+    from ..ui.charts import page_latency_spec as page_latency  # a dict: drawn without importing Altair
 
     return page_latency(outputs["keyset_vs_offset"])
 

@@ -164,7 +164,7 @@ def recommendations(comps: list[Comparison]) -> dict[str, tuple[bool, str]]:
 
 
 def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -> str:
-    from ..ui.charts import before_after, latency_distribution, plan_view
+    from ..ui.charts import before_after_spec, latency_distribution_spec, plan_view_spec
 
     b, t = c.baseline, c.treatment
     kind = c.verdict.kind
@@ -172,9 +172,10 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
         f"<section class='experiment' id='exp{i}'><h2>{i}. {html.escape(c.shape)}: {html.escape(t.label)}</h2>",
         f"<p class='verdict {html.escape(kind)}'>{html.escape(c.verdict.text)}</p>",
         f"<p>median {b.median_ms:.3f} ms → {t.median_ms:.3f} ms, p95 {b.p95_ms:.3f} → {t.p95_ms:.3f} ms; "
-        f"{len(t.samples_ms)} {'interleaved' if c.interleaved else 'sequential'} repetitions; cache {html.escape(t.cache)}; "
+        f"{len(t.samples_ms)} {'interleaved' if c.interleaved else 'sequential'} repetitions{html.escape(c.stopped_note)}; "
+        f"cache {html.escape(t.cache)}; "
         f"{html.escape(t.tier)} tenant, variant {html.escape(b.variant)} → {html.escape(t.variant)}</p>",
-        f"<div class='charts'>{_svg(before_after(c))}{_svg(latency_distribution(c))}</div>",
+        f"<div class='charts'>{_svg(before_after_spec(c))}{_svg(latency_distribution_spec(c))}</div>",
     ]
     for name, run in (("before", b), ("after", t)):
         if run.plan is not None:
@@ -182,7 +183,7 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
     if b.plan is not None and t.plan is not None and c.plan_changed:
         parts.append(_plan_diff(b.plan, t.plan))
     if t.plan is not None:
-        parts.append(_svg(plan_view(t.plan, title="plan after (width = time, colour = misestimate)")))
+        parts.append(_svg(plan_view_spec(t.plan, title="plan after (width = time, colour = misestimate)")))
     found = [("before", f) for f in b.findings] + [("after", f) for f in t.findings]
     if found:
         parts.append("<h3>findings</h3><ul>" + "".join(

@@ -160,6 +160,7 @@ class ResultsStore:
         self.path = home / FILENAME if home.suffix != ".duckdb" else home
         self.lock_timeout_s = lock_timeout_s
         self.lock_waits = 0  # how often this instance found the file locked by another process and waited
+        self._checksums: dict[str, str] = {}  # dataset key -> checksum, as read or stored by this instance
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
@@ -317,7 +318,16 @@ class ResultsStore:
         return df
 
     def cached_checksum(self, key: str, compute: Callable[[], str]) -> str:
-        """The dataset checksum stored under ``key``, computing and storing it the first time."""
+        """The dataset checksum stored under ``key``, computing and storing it the first time.
+
+        Remembered by this instance (a key names one load of one server, so its checksum never
+        changes): every comparison asks, and opening the file costs ~25 ms."""
+        if key in self._checksums:
+            return self._checksums[key]
+        self._checksums[key] = self._checksum(key, compute)
+        return self._checksums[key]
+
+    def _checksum(self, key: str, compute: Callable[[], str]) -> str:
         if self.path.exists():
             with self._connect(write=False) as con:
                 if _has_table(con, "datasets"):

@@ -30,16 +30,24 @@ TREATMENT_COLOUR = "#1f77b4"
 SVG_PADDING = {"left": 40, "right": 60, "top": 5, "bottom": 5}
 
 
+VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
+
+
 def svg(chart: Any) -> str:
-    """An Altair chart as SVG text (rendered by vl-convert, in this process: no JavaScript, no network)."""
+    """A chart as SVG text (rendered by vl-convert, in this process: no JavaScript, no network).
+
+    ``chart`` is an Altair chart or a Vega-Lite spec (a dict, as the ``*_spec`` functions build:
+    the report draws those, so writing it never imports Altair, ~1.2 s, nor builds its objects,
+    ~50 ms a chart).
+    """
     import vl_convert as vlc
 
     # the chart functions build valid specs: no JSON-schema validation, and the padding and text
     # sizes go into the spec as plain dict entries (each Altair .properties()/.configure_*() call
     # deep-copies the whole chart, which cost more than drawing it)
-    spec = chart.to_dict(validate=False)
+    spec = dict(chart) if isinstance(chart, dict) else chart.to_dict(validate=False)
     spec["padding"] = SVG_PADDING
-    config = spec.setdefault("config", {})
+    config = spec["config"] = dict(spec.get("config") or {})
     for key, value in STYLE.items():
         config[key] = {**value, **config.get(key, {})}
     return str(vlc.vegalite_to_svg(spec))
@@ -51,16 +59,40 @@ def _alt() -> Any:
     return alt
 
 
+def _altair(spec: dict[str, Any]) -> Any:
+    """The Altair chart of a Vega-Lite spec (for notebooks: display it, or change it with Altair's API)."""
+    alt = _alt()
+    kind = alt.LayerChart if "layer" in spec else alt.Chart
+    return kind.from_dict(spec, validate=False)
+
+
 FONT = 12  # px: axis labels, titles and legends are read at a glance in the report and in JupyterLab
 LABEL_LIMIT = 420  # px an axis label may take before it is cut: arm labels are index names
 
 
-# readable text on every chart: 12 px labels, 14 px titles, labels cut only when very long
+# readable text on every chart: 12 px labels, 14 px titles, labels cut only when very long; the
+# view size is Altair's default theme, so a spec drawn without Altair looks the same as with it
 STYLE: dict[str, dict[str, Any]] = {
     "axis": {"labelFontSize": FONT, "titleFontSize": FONT, "labelLimit": LABEL_LIMIT},
     "title": {"fontSize": 14, "subtitleFontSize": FONT},
     "legend": {"labelFontSize": FONT, "titleFontSize": FONT},
+    "view": {"continuousWidth": 300, "continuousHeight": 300},
 }
+
+
+def _field(name: str, kind: str, **extra: Any) -> dict[str, Any]:
+    """A Vega-Lite field definition: ``_field("ms", "quantitative", title=...)``."""
+    return {"field": name, "type": kind, **extra}
+
+
+def _values(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Inline data, JSON-clean: NaN becomes null (as Altair sanitizes a DataFrame)."""
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]
+    return {"values": clean}
+
+
+def _spec(data: list[dict[str, Any]], **body: Any) -> dict[str, Any]:
+    return {"$schema": VEGA_LITE_SCHEMA, "data": _values(data), **body}
 
 
 def _arm_rows(c: Comparison) -> list[tuple[str, Run, str]]:
@@ -77,63 +109,71 @@ def before_after(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     When one arm is more than 10x the other the axis is logarithmic (a linear one would draw the
     fast arm's bar as a line) and each bar carries its median in ms, so the ratio reads off the chart.
     """
-    import pandas as pd
+    return _altair(before_after_spec(c, width=width))
 
-    alt = _alt()
+
+def before_after_spec(c: Comparison, *, width: int = 420) -> dict[str, Any]:
+    """:func:`before_after` as a Vega-Lite spec (a dict)."""
+    import math
+
     rows: list[dict[str, Any]] = []
     for name, run, colour in _arm_rows(c):
         lo, hi = bootstrap_median_ci(run.samples_ms)
         rows.append({"arm": name, "median_ms": run.median_ms, "ci_low": lo, "ci_high": hi, "colour": colour,
                      "p95_ms": run.p95_ms, "plan": run.plan.summary() if run.plan else ""})  # fmt: skip
-    df = pd.DataFrame(rows)
     medians = [float(r["median_ms"] or 0.0) for r in rows]
     wide = min(medians) > 0 and max(medians) / min(medians) > 10
-    scale = alt.Scale(type="log") if wide else alt.Scale(zero=True)
-    df["label"] = [f"{m:.3g} ms" for m in medians]
-    base = alt.Chart(df).encode(y=alt.Y("arm:N", title=None, sort=None))
+    for r, m in zip(rows, medians):
+        r["label"] = f"{m:.3g} ms"
+    scale: dict[str, Any] = {"zero": True}
+    axis: dict[str, Any] = {}
     x_title = "median latency (ms, log scale), 95% CI" if wide else "median latency (ms), 95% CI"
+    bar_x2: dict[str, Any] = {}
     if wide:  # a log axis has no zero: bars start at the power of ten below the smallest interval
-        import math
-
         floor = 10 ** math.floor(math.log10(max(min(float(r["ci_low"] or m) for r, m in zip(rows, medians)), 1e-6)))
-        scale = alt.Scale(type="log", domainMin=floor)
-        df["floor"] = floor
+        scale = {"type": "log", "domainMin": floor}
+        for r in rows:
+            r["floor"] = floor
         top = max(float(r["ci_high"] or m) for r, m in zip(rows, medians))
-        ticks = [floor * 10**k for k in range(int(math.log10(top / floor)) + 2)]
-    axis = alt.Axis(values=ticks, format="~g") if wide else alt.Axis()
-    bars = base.mark_bar(height=22).encode(
-        x=alt.X("median_ms:Q", title=x_title, scale=scale, axis=axis), **({"x2": alt.X2("floor:Q")} if wide else {}),
-        color=alt.Color("colour:N", scale=None),
-        tooltip=["arm", alt.Tooltip("median_ms:Q", format=".3f"), alt.Tooltip("p95_ms:Q", format=".3f"), "plan"],
-    )
-    whiskers = base.mark_rule(strokeWidth=2, color="black").encode(x=alt.X("ci_low:Q", scale=scale), x2="ci_high:Q")
-    text = base.mark_text(align="left", dx=4, fontSize=FONT).encode(x=alt.X("ci_high:Q", scale=scale), text="label:N")
-    return (bars + whiskers + text).properties(
-        width=width, title={"text": [f"{c.shape}:", c.verdict.text],  # two lines: a verdict with its interval is long
-                            "subtitle": "interleaved repetitions" if c.interleaved else "sequential repetitions"}  # fmt: skip
-    )
+        axis = {"values": [floor * 10**k for k in range(int(math.log10(top / floor)) + 2)], "format": "~g"}
+        bar_x2 = {"x2": {"field": "floor"}}
+    y = _field("arm", "nominal", title=None, sort=None)
+    bars = {"mark": {"type": "bar", "height": 22}, "encoding": {
+        "y": y, "x": _field("median_ms", "quantitative", title=x_title, scale=scale, axis=axis), **bar_x2,
+        "color": _field("colour", "nominal", scale=None),
+        "tooltip": [_field("arm", "nominal"), _field("median_ms", "quantitative", format=".3f"),
+                    _field("p95_ms", "quantitative", format=".3f"), _field("plan", "nominal")],
+    }}  # fmt: skip
+    whiskers = {"mark": {"type": "rule", "strokeWidth": 2, "color": "black"}, "encoding": {
+        "y": y, "x": _field("ci_low", "quantitative", scale=scale), "x2": {"field": "ci_high"}}}  # fmt: skip
+    text = {"mark": {"type": "text", "align": "left", "dx": 4, "fontSize": FONT}, "encoding": {
+        "y": y, "x": _field("ci_high", "quantitative", scale=scale), "text": _field("label", "nominal")}}  # fmt: skip
+    title = {"text": [f"{c.shape}:", c.verdict.text],  # two lines: a verdict with its interval is long
+             "subtitle": "interleaved repetitions" if c.interleaved else "sequential repetitions"}  # fmt: skip
+    return _spec(rows, layer=[bars, whiskers, text], width=width, title=title)
 
 
 def latency_distribution(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     """Every timed execution of both arms: box plot plus the individual samples (log scale)."""
-    import pandas as pd
+    return _altair(latency_distribution_spec(c, width=width))
 
-    alt = _alt()
-    df = pd.DataFrame(
-        [{"arm": name, "ms": ms} for name, run, _ in _arm_rows(c) for ms in run.samples_ms]
-    )
-    scale = alt.Scale(type="log")
+
+def latency_distribution_spec(c: Comparison, *, width: int = 420) -> dict[str, Any]:
+    """:func:`latency_distribution` as a Vega-Lite spec (a dict)."""
+    rows = [{"arm": name, "ms": ms} for name, run, _ in _arm_rows(c) for ms in run.samples_ms]
+    log = {"type": "log"}
     order = [name for name, _, _ in _arm_rows(c)]  # baseline above treatment, as in before_after (the box plot's aggregate reorders otherwise)
-    box = alt.Chart(df).mark_boxplot(extent=1.5, opacity=0.5, size=18).encode(
-        y=alt.Y("arm:N", title=None, sort=order), x=alt.X("ms:Q", scale=scale, title="latency per execution (ms, log)")
-    )
-    dots = alt.Chart(df).mark_tick(opacity=0.6).encode(y=alt.Y("arm:N", sort=order), x=alt.X("ms:Q", scale=scale))
-    return (box + dots).properties(width=width, title=f"{c.shape}: latency distribution ({len(c.baseline.samples_ms)} runs each)")
+    box = {"mark": {"type": "boxplot", "extent": 1.5, "opacity": 0.5, "size": 18}, "encoding": {
+        "y": _field("arm", "nominal", title=None, sort=order),
+        "x": _field("ms", "quantitative", scale=log, title="latency per execution (ms, log)")}}  # fmt: skip
+    dots = {"mark": {"type": "tick", "opacity": 0.6}, "encoding": {
+        "y": _field("arm", "nominal", sort=order), "x": _field("ms", "quantitative", scale=log)}}  # fmt: skip
+    title = f"{c.shape}: latency distribution ({len(c.baseline.samples_ms)} runs each)"
+    return _spec(rows, layer=[box, dots], width=width, title=title)
 
 
-def plan_frame(plan: Plan) -> pd.DataFrame:
+def _plan_rows(plan: Plan) -> list[dict[str, Any]]:
     """Icicle layout: each node spans its share of its parent's time (or cost when not executed)."""
-    import pandas as pd
 
     def weight(n: Any) -> float:
         w = n.inclusive_ms if n.inclusive_ms is not None else float(n.get("Total Cost", 0.0))
@@ -161,70 +201,92 @@ def plan_frame(plan: Plan) -> pd.DataFrame:
             cursor += w
 
     place(plan.root, 0.0, 1.0)
-    return pd.DataFrame(rows)
+    return rows
+
+
+def plan_frame(plan: Plan) -> pd.DataFrame:
+    """Icicle layout: each node spans its share of its parent's time (or cost when not executed)."""
+    import pandas as pd
+
+    return pd.DataFrame(_plan_rows(plan))
 
 
 def plan_view(plan: Plan, *, width: int = 640, title: str | None = None) -> alt.LayerChart:
     """An icicle of the plan: width is time spent (inclusive), colour the row misestimate (log10)."""
-    alt = _alt()
-    df = plan_frame(plan)
+    return _altair(plan_view_spec(plan, width=width, title=title))
+
+
+def plan_view_spec(plan: Plan, *, width: int = 640, title: str | None = None) -> dict[str, Any]:
+    """:func:`plan_view` as a Vega-Lite spec (a dict)."""
+    rows = _plan_rows(plan)
     row_h = 34
-    base = alt.Chart(df).encode(
-        x=alt.X("x0:Q", axis=None, scale=alt.Scale(domain=[0, 1])), x2="x1:Q",
-        y=alt.Y("depth:O", axis=None), tooltip=[
-            "node", alt.Tooltip("exclusive_ms:Q", format=".3f"), alt.Tooltip("inclusive_ms:Q", format=".3f"),
-            alt.Tooltip("estimated_rows:Q", format=",.0f"), alt.Tooltip("actual_rows:Q", format=",.0f"),
-            alt.Tooltip("misestimate:Q", format=".1f"), "loops", "spilled",
+    q = "quantitative"
+    encoding = {
+        "x": _field("x0", q, axis=None, scale={"domain": [0, 1]}), "x2": {"field": "x1"},
+        "y": _field("depth", "ordinal", axis=None), "tooltip": [
+            _field("node", "nominal"), _field("exclusive_ms", q, format=".3f"), _field("inclusive_ms", q, format=".3f"),
+            _field("estimated_rows", q, format=",.0f"), _field("actual_rows", q, format=",.0f"),
+            _field("misestimate", q, format=".1f"), _field("loops", q), _field("spilled", "nominal"),
         ],
-    )  # fmt: skip
-    rects = base.mark_rect(stroke="white", strokeWidth=1).encode(
-        color=alt.Color("log10_misestimate:Q", title="misestimate (log10 x)",
-                        scale=alt.Scale(domain=[0, 3], range=["#d9ead3", "#fce5cd", "#cc0000"], clamp=True))  # fmt: skip
-    )
-    labels = base.mark_text(align="left", dx=3, fontSize=FONT, limit=width).encode(
-        x="x0:Q", text="text:N"
-    )
+    }  # fmt: skip
+    rects = {"mark": {"type": "rect", "stroke": "white", "strokeWidth": 1}, "encoding": {**encoding, "color": _field(
+        "log10_misestimate", q, title="misestimate (log10 x)",
+        scale={"domain": [0, 3], "range": ["#d9ead3", "#fce5cd", "#cc0000"], "clamp": True})}}  # fmt: skip
+    labels = {"mark": {"type": "text", "align": "left", "dx": 3, "fontSize": FONT, "limit": width},
+              "encoding": {**encoding, "x": _field("x0", q), "text": _field("text", "nominal")}}  # fmt: skip
     heading = title or (f"plan: {plan.execution_ms:.3f} ms executed" if plan.analyzed else f"plan: cost {plan.total_cost:,.0f}")
-    return (rects + labels).properties(width=width, height=row_h * (int(df["depth"].max()) + 1), title=heading)
+    height = row_h * (max(int(r["depth"]) for r in rows) + 1)
+    return _spec(rows, layer=[rects, labels], width=width, height=height, title=heading)
 
 
-def index_tradeoff(df: pd.DataFrame, *, width: int = 420) -> alt.Chart:
+def index_tradeoff(df: pd.DataFrame, *, width: int = 420) -> alt.LayerChart:
     """Read speed-up vs write slow-down, bubble size = index size.
 
     ``df`` columns: ``index``, ``speedup``, ``write_ratio``, ``size_bytes`` (e.g. from
     :func:`tradeoff_frame`).
     """
-    alt = _alt()
-    base = alt.Chart(df).encode(
-        x=alt.X("write_ratio:Q", title="insert time with / without the index (1 = free)", scale=alt.Scale(zero=False)),
-        y=alt.Y("speedup:Q", title="read speed-up (x, log scale)", scale=alt.Scale(type="log")),
-    )
-    points = base.mark_circle(opacity=0.7).encode(
-        size=alt.Size("size_bytes:Q", title="index size (bytes)"),
-        tooltip=["index", alt.Tooltip("speedup:Q", format=".2f"), alt.Tooltip("write_ratio:Q", format=".3f"),
-                 alt.Tooltip("size_bytes:Q", format=",")],  # fmt: skip
-    )
-    labels = base.mark_text(align="left", dx=9, fontSize=FONT).encode(text="index:N")  # every point says which index
-    return (points + labels).properties(width=width, height=260, title="index trade-off: what it buys vs what it costs")
+    return _altair(index_tradeoff_spec(df, width=width))
+
+
+def index_tradeoff_spec(df: pd.DataFrame, *, width: int = 420) -> dict[str, Any]:
+    """:func:`index_tradeoff` as a Vega-Lite spec (a dict)."""
+    q = "quantitative"
+    encoding = {
+        "x": _field("write_ratio", q, title="insert time with / without the index (1 = free)", scale={"zero": False}),
+        "y": _field("speedup", q, title="read speed-up (x, log scale)", scale={"type": "log"}),
+    }
+    points = {"mark": {"type": "circle", "opacity": 0.7}, "encoding": {
+        **encoding, "size": _field("size_bytes", q, title="index size (bytes)"),
+        "tooltip": [_field("index", "nominal"), _field("speedup", q, format=".2f"),
+                    _field("write_ratio", q, format=".3f"), _field("size_bytes", q, format=",")],
+    }}  # fmt: skip
+    labels = {"mark": {"type": "text", "align": "left", "dx": 9, "fontSize": FONT},  # every point says which index
+              "encoding": {**encoding, "text": _field("index", "nominal")}}  # fmt: skip
+    return _spec(_records(df), layer=[points, labels], width=width, height=260,
+                 title="index trade-off: what it buys vs what it costs")  # fmt: skip
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as plain Python values (numpy scalars are not JSON)."""
+    return [{str(k): (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 
 def page_latency(pages: dict[str, Comparison], *, width: int = 420) -> alt.Chart:
     """Median latency by page number for the two arms of each page's comparison (OFFSET vs keyset)."""
-    import pandas as pd
+    return _altair(page_latency_spec(pages, width=width))
 
-    alt = _alt()
+
+def page_latency_spec(pages: dict[str, Comparison], *, width: int = 420) -> dict[str, Any]:
+    """:func:`page_latency` as a Vega-Lite spec (a dict)."""
     rows = [{"page": int(p), "arm": run.label, "median_ms": run.median_ms}
             for p, c in pages.items() for run in (c.baseline, c.treatment)]  # fmt: skip
-    return (
-        alt.Chart(pd.DataFrame(rows))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("page:Q", title="page number (log scale)", scale=alt.Scale(type="log")),
-            y=alt.Y("median_ms:Q", title="median latency (ms)"),
-            color=alt.Color("arm:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=LABEL_LIMIT)),
-        )
-        .properties(width=width, height=220, title="latency by page depth")
-    )
+    encoding = {
+        "x": _field("page", "quantitative", title="page number (log scale)", scale={"type": "log"}),
+        "y": _field("median_ms", "quantitative", title="median latency (ms)"),
+        "color": _field("arm", "nominal", title=None, legend={"orient": "bottom", "labelLimit": LABEL_LIMIT}),
+    }
+    return _spec(rows, mark={"type": "line", "point": True}, encoding=encoding, width=width, height=220,
+                 title="latency by page depth")  # fmt: skip
 
 
 def tradeoff_frame(rows: list[tuple[str, Comparison, Any]]) -> pd.DataFrame:
