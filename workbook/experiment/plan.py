@@ -12,15 +12,23 @@ a version lacks are simply absent (``Shared I/O Read Time`` is ``I/O Read Time``
 
 Time accounting follows the convention of explain.depesz.com and PEV2: a node's inclusive time is
 ``Actual Total Time × Actual Loops``; inside a parallel plan the loops are spread over the
-workers, so it is divided by the number of processes (workers launched + the leader); exclusive
-time is inclusive minus the children's inclusive time, never below zero (InitPlans and CTEs run
-inside their parent's clock).
+processes, so it is divided by their number (the loops of the Gather's input per Gather loop:
+workers launched + the leader when it took part); exclusive time is inclusive minus the time of
+what ran inside the node's clock, never below zero. What ran inside a node's clock is its inputs
+and its SubPlans, and also: a CTE's plan runs when a ``CTE Scan`` pulls rows from it, so its time
+is inside the scans' clocks (charged to them in plan order), not its owner's; an InitPlan runs
+when its value is first needed, inside the clock of the node whose expressions name it
+(``$0`` before PostgreSQL 17, ``(InitPlan 1).col1`` after; a Gather's ``Params Evaluated``; for
+a node inside a parallel plan, the Gather that evaluated it before starting its workers), which
+may lie below the node it hangs from. Every executed node's time is thus counted once, and the
+exclusive times add up to the root's inclusive time.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +59,8 @@ class PlanNode:
     parent: PlanNode | None = field(default=None, repr=False)
     depth: int = 0
     parallel_divisor: int = 1  # processes sharing this node's loops (inside Gather: workers + leader)
+    runs_elsewhere: bool = False  # a CTE or InitPlan whose time is inside another node's clock than its parent's
+    owned_ms: float = 0.0  # time of CTEs/InitPlans hanging elsewhere that ran inside this node's clock
 
     # ---- identity
     @property
@@ -73,8 +83,9 @@ class PlanNode:
     def label(self) -> str:
         """``Index Scan using i on messages m``-style one-liner, as EXPLAIN's text format prints."""
         parts = [("Parallel " if self.raw.get("Parallel Aware") else "") + self.node_type]
-        if self.raw.get("Strategy") and self.node_type == "Aggregate":
-            parts = [f"{self.raw['Strategy'].replace('Plain', '')}Aggregate".strip()]
+        if self.raw.get("Strategy") and self.node_type == "Aggregate":  # named as the text format names it
+            prefix = {"Sorted": "Group", "Hashed": "Hash", "Mixed": "Mixed"}.get(self.raw["Strategy"], "")
+            parts = [f"{prefix}Aggregate"]
         if self.index:
             parts.append(f"using {self.index}")
         if self.raw.get("Relation Name"):
@@ -178,8 +189,8 @@ class PlanNode:
         inc = self.inclusive_ms
         if inc is None:
             return None
-        kids = sum(c.inclusive_ms or 0.0 for c in self.children)
-        return max(inc - kids, 0.0)
+        kids = sum(c.inclusive_ms or 0.0 for c in self.children if not c.runs_elsewhere)
+        return max(inc - kids - self.owned_ms, 0.0)
 
     # ---- what the node did
     def get(self, key: str, default: Any = None) -> Any:
@@ -216,6 +227,7 @@ class Plan:
     raw: dict[str, Any] = field(repr=False)
     sql: str = ""
     params: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # what reading it showed (format, estimates only ...)
 
     @property
     def analyzed(self) -> bool:
@@ -378,15 +390,82 @@ def parse_plan(document: Any, *, sql: str = "", params: dict[str, Any] | None = 
         node.parallel_divisor = divisor
         child_divisor = divisor
         if node.node_type in ("Gather", "Gather Merge"):
-            launched = int(raw.get("Workers Launched", raw.get("Workers Planned", 0)) or 0)
-            leader = 0 if raw.get("Single Copy") else 1
-            child_divisor = max(1, launched + leader)
+            child_divisor = _processes(raw)
         for child in raw.get("Plans") or []:
             node.children.append(build(child, node, depth + 1, child_divisor))
         return node
 
     root = build(document["Plan"], None, 0, 1)
+    _charge_subplans(root)
     return Plan(root=root, raw=document, sql=sql, params=params)
+
+
+def _processes(gather: dict[str, Any]) -> int:
+    """How many processes ran a Gather's input: its loops per Gather loop when they say so, else
+    the workers launched plus the leader (unless ``Single Copy``)."""
+    launched = int(gather.get("Workers Launched", gather.get("Workers Planned", 0)) or 0)
+    planned = max(1, launched + (0 if gather.get("Single Copy") else 1))
+    inputs = [c for c in gather.get("Plans") or [] if c.get("Parent Relationship") not in ("InitPlan", "SubPlan")]
+    loops, child_loops = int(gather.get("Actual Loops", 0) or 0), int((inputs[0] if inputs else {}).get("Actual Loops", 0) or 0)
+    if loops and child_loops and child_loops % loops == 0 and 1 <= child_loops // loops <= launched + 1:
+        return child_loops // loops
+    return planned
+
+
+def _param_pattern(subplan_name: str) -> re.Pattern[str] | None:
+    """How expressions name an InitPlan's value: ``$0`` (``InitPlan 1 (returns $0)``, before 17) or
+    ``(InitPlan 1).col1`` (17+)."""
+    m = re.match(r"^InitPlan (\d+)(?: \(returns (.*)\))?$", subplan_name)
+    if m is None:
+        return None
+    params = re.findall(r"\$\d+", m[2] or "")
+    names = [re.escape(p) + r"(?!\d)" for p in params] + [rf"\(InitPlan {m[1]}\)"]
+    return re.compile("|".join(names))
+
+
+def _mentions(node: PlanNode, pattern: re.Pattern[str]) -> bool:
+    for key, value in node.raw.items():
+        if key in ("Plans", "Subplan Name", "Node Type", "Workers"):
+            continue
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(t, str) and pattern.search(t) for t in texts):
+            return True
+    return False
+
+
+def _charge_subplans(root: PlanNode) -> None:
+    """Mark CTEs and InitPlans whose time ran inside another node's clock than their parent's."""
+    nodes = root.walk()
+    for sub in nodes:
+        name = str(sub.raw.get("Subplan Name") or "")
+        if sub.raw.get("Parent Relationship") != "InitPlan" or sub.parent is None or not sub.executed:
+            continue
+        inc = sub.inclusive_ms or 0.0
+        if name.startswith("CTE "):
+            scans = [n for n in nodes if n.node_type == "CTE Scan" and n.raw.get("CTE Name") == name[4:] and n.executed]
+            if not scans:
+                continue
+            sub.runs_elsewhere = True
+            left = inc
+            for scan in scans:  # the first scans pulled the CTE's rows: its time is inside their clocks
+                take = min(left, max((scan.inclusive_ms or 0.0) - scan.owned_ms, 0.0))
+                scan.owned_ms += take
+                left -= take
+            scans[-1].owned_ms += left  # rounding: the time is accounted once, whatever is left
+            continue
+        pattern = _param_pattern(name)
+        if pattern is None:
+            continue
+        owner = sub.parent
+        if _mentions(owner, pattern):
+            continue  # evaluated by the node it hangs from: the default accounting
+        inside = {id(n) for n in sub.walk()}
+        user = next((n for n in owner.walk()[1:] if id(n) not in inside and _mentions(n, pattern)), None)
+        while user is not None and user.parallel_divisor > 1 and user.parent is not None:
+            user = user.parent  # a worker's parameter was evaluated by the leader's Gather before it started them
+        if user is not None and user is not owner:
+            sub.runs_elsewhere = True
+            user.owned_ms += inc
 
 
 def explain(
