@@ -203,8 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     rs = command("reset", "put the dataset back as it was loaded, from the copy taken before the first write workload")
     rs.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back): plan, misestimates, findings")
-    ex.add_argument("--shape", required=True, help="query shape name (see datasets/ai_app/queries/)")
+    ex = command("explain", "EXPLAIN ANALYZE a query shape (rolled back), or read a plan you bring: plan, misestimates, findings")
+    ex_what = ex.add_mutually_exclusive_group(required=True)
+    ex_what.add_argument("--shape", help="query shape name (see datasets/ai_app/queries/)")
+    ex_what.add_argument("--plan-file", metavar="FILE|-",
+                         help="EXPLAIN output from elsewhere (text or JSON, bare, psql-framed or an auto_explain log "
+                              "entry; - reads stdin); needs no server")  # fmt: skip
     ex.add_argument("--variant", default=None, help="the shape's variant (default: its first)")
     ex.add_argument("--tier", choices=("hot", "cold"), default="hot", help="parameters for a big or a small tenant")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
@@ -752,6 +756,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .dataset import shape
     from .experiment import explain_shape, findings
 
+    if args.plan_file is not None:
+        return _explain_plan_file(args)
     qs = shape(args.shape)
     variant = qs.variant(args.variant)
     target = _measuring_target(args)
@@ -779,6 +785,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
     if len(variant.statements) > 1:
         print("(a per-row variant: the plan shown is its first statement's)")
+    return 0
+
+
+def _explain_plan_file(args: argparse.Namespace) -> int:
+    """``explain --plan-file``: a pasted plan read offline, shown as a shape's plan is."""
+    from .experiment import findings
+    from .experiment.plan_text import describe, leads, read_plan
+
+    try:
+        text = sys.stdin.read() if args.plan_file == "-" else Path(args.plan_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkbookError(f"cannot read --plan-file {args.plan_file!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    plan = read_plan(text)
+    found = findings(plan)
+    if args.json:
+        frame = plan.frame()
+        out = {
+            "format": plan.notes[0].removeprefix("format: ").lower(), "notes": plan.notes, "analyzed": plan.analyzed,
+            "plan_summary": plan.summary(), "execution_ms": plan.execution_ms, "planning_ms": plan.planning_ms,
+            "total_cost": plan.total_cost, "cache": plan.cache_state, "scans": [list(x) for x in plan.scans()],
+            "nodes": json.loads(frame.to_json(orient="records")), "findings": [f.as_dict() for f in found], **leads(plan),
+        }  # fmt: skip
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print("\n".join(describe(plan)))
+    for f in found:
+        print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
     return 0
 
 
