@@ -118,7 +118,7 @@ def all_notebooks() -> dict[str, list[tuple[str, str]]]:
 
     sys.path.insert(0, str(HERE))
     out = dict(NOTEBOOKS)
-    for module in ("_build_transactions", "_build_pooling", "_build_observability", "_build_vectors"):
+    for module in ("_build_transactions", "_build_replicas", "_build_pooling", "_build_observability", "_build_vectors"):
         out.update(importlib.import_module(module).NOTEBOOKS)
     return dict(sorted(out.items()))
 

@@ -40,6 +40,7 @@ def _text(nb: Any) -> str:
 # lesson notebooks that write (or take a minute) run once, in their lesson's own test module
 OWN_TEST = {
     "04_transactions_and_integrity": "tests/test_lesson_transactions.py",
+    "05_replicas_and_read_scaling": "tests/test_lesson_replicas.py",
     "06_connections_and_pooling": "tests/test_pooling.py",
     "07_observability_and_circuit_breakers": "tests/test_lesson_observability.py",
     "08_vectors_and_hybrid_search": "tests/test_lesson_vectors.py",

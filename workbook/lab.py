@@ -184,6 +184,14 @@ class Lab:
 
         return PoolPanel(self.target, self.store)
 
+    def replica_panel(self) -> Any:
+        """Replica count, read routing, synchronous commit, clients → TPS/p95 and replica lag."""
+        from .cluster import LocalCluster
+        from .ui.replica_panel import ReplicaPanel
+
+        cluster = LocalCluster(self.home) if self.target.kind == "local" else None
+        return ReplicaPanel(self.target, self.store, cluster if cluster is not None and cluster.initialized else None)
+
     def dataset_panel(self) -> DatasetPanel:
         from .ui.panels import DatasetPanel
 

@@ -7,10 +7,10 @@ runs when none is named (about a minute at the default scale on 2 cores).
 from __future__ import annotations
 
 from ..errors import WorkbookError
-from . import indexes, jsonb, observability, planner, pooling, transactions, vectors
+from . import indexes, jsonb, observability, planner, pooling, replicas, transactions, vectors
 from ._lesson import Lesson, LessonResult, LessonRun, Step, comparison_figures, walk
 
-LESSONS: dict[str, Lesson] = {m.LESSON.name: m.LESSON for m in (indexes, jsonb, planner, transactions, pooling, observability, vectors)}
+LESSONS: dict[str, Lesson] = {m.LESSON.name: m.LESSON for m in (indexes, jsonb, planner, transactions, replicas, pooling, observability, vectors)}
 DEFAULT: tuple[str, ...] = ("indexes", "jsonb", "planner")
 
 
