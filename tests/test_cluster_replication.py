@@ -207,3 +207,85 @@ def test_promote_unknown_or_primary_node_is_refused(replicated: LocalCluster) ->
     with pytest.raises(ClusterError, match="already the primary"):
         replicated.promote("primary")
     assert [(n.name, n.role) for n in replicated.status()] == [(n.name, n.role) for n in before]
+
+
+def _slots(cluster: LocalCluster, node: str) -> dict[str, bool]:
+    with psycopg.connect(cluster.dsn(node), autocommit=True) as conn:
+        return dict(conn.execute("SELECT slot_name, active FROM pg_replication_slots").fetchall())
+
+
+def _senders(cluster: LocalCluster, node: str) -> dict[str, int]:
+    with psycopg.connect(cluster.dsn(node), autocommit=True) as conn:
+        return dict(conn.execute("SELECT application_name, pid FROM pg_stat_replication").fetchall())
+
+
+def test_cascading_replica_streams_through_its_upstream_and_goes_cleanly(replicated: LocalCluster) -> None:
+    import os
+    import signal
+
+    c = replicated
+    added = c.add_replica("cascade1", upstream="replica1")
+    assert (added.state, added.upstream) == ("streaming", "replica1")
+    assert _slots(c, "replica1") == {"wb_cascade1": True}, "its slot lives on its upstream"
+    assert "wb_cascade1" not in _slots(c, "primary") and "cascade1" not in _senders(c, "primary")
+    assert "cascade1" in _senders(c, "replica1")
+    assert {n.name: n.upstream for n in c.status()} == {
+        "primary": None, "replica1": None, "replica2": None, "cascade1": "replica1"}
+    with c.target().connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS cascade_check (id int)")
+        conn.execute("INSERT INTO cascade_check VALUES (1)")
+    _read_until(c, "cascade1", "SELECT count(*) FROM cascade_check", 1)  # raises if it never arrives
+    with pytest.raises(ClusterError, match="streaming from the primary"):
+        c.set_sync_commit("remote_apply", standbys=3)  # a cascading replica confirms nothing to the primary
+
+    # its lag is its upstream's and more: freeze the primary's WAL sender to replica1, write, compare
+    sender = _senders(c, "primary")["replica1"]
+    os.kill(sender, signal.SIGSTOP)
+    try:
+        with c.target().connect() as conn:
+            conn.execute("INSERT INTO cascade_check SELECT generate_series(2, 20001)")
+        _read_until(c, "replica2", "SELECT count(*) FROM cascade_check", 20001)  # the direct one has it all
+        lag = {n.name: n for n in c.status()}
+        assert lag["replica2"].lag_bytes == 0
+        assert lag["replica1"].lag_bytes > 0
+        assert lag["cascade1"].lag_bytes >= lag["replica1"].lag_bytes > 0
+        assert lag["cascade1"].lag_seconds is not None
+    finally:
+        os.kill(sender, signal.SIGCONT)
+    c.wait_caught_up(timeout=30)
+    assert {n.name: n.lag_bytes for n in c.status()}["cascade1"] == 0
+
+    pids = c.pids()["cascade1"]
+    c.remove_replica("cascade1")
+    assert _slots(c, "replica1") == {}, "removal drops its slot on the upstream"
+    assert not (c.home / "nodes" / "cascade1").exists()
+    assert not any(alive(p) for p in pids)
+    assert [n.name for n in c.status()] == ["primary", "replica1", "replica2"]
+
+
+def test_cascading_replica_heals_and_survives_promotion_of_its_upstream(cluster_factory) -> None:
+    c = cluster_factory()
+    c.up(replicas=1)
+    with pytest.raises(ClusterError, match="is the primary"):
+        c.add_replica(upstream="primary")
+    with pytest.raises(UnknownNode):
+        c.add_replica(upstream="nope")
+    c.add_replica(upstream="replica1")  # replica2
+    c._bare_node("replica2").kill()  # a crash: up() restarts it, still behind replica1
+    nodes = {n.name: n for n in c.up()}
+    assert (nodes["replica2"].state, nodes["replica2"].upstream) == ("streaming", "replica1")
+    assert "replica2" in _senders(c, "replica1")
+    c.promote("replica1")
+    nodes = {n.name: n for n in c.status()}
+    assert (nodes["replica2"].role, nodes["replica2"].state, nodes["replica2"].upstream) == ("replica", "streaming", None)
+    assert _slots(c, "replica1") == {"wb_replica2": True}, "it streams from the new primary through the slot it had"
+    with c.target().connect() as conn:
+        conn.execute("CREATE TABLE after_promotion (id int)")
+        conn.execute("INSERT INTO after_promotion VALUES (1)")
+    _read_until(c, "replica2", "SELECT count(*) FROM after_promotion", 1, deadline=30)
+    c.set_sync_commit("remote_apply", standbys=1)  # now a direct replica: it can confirm commits
+    try:
+        with c.target().connect() as conn:
+            conn.execute("INSERT INTO after_promotion VALUES (2)")
+    finally:
+        c.set_sync_commit("async")

@@ -213,8 +213,7 @@ def attach_lab(
     if target is not None:
         pass
     elif dsn:
-        target = Target.from_dsn(dsn, config.replica_dsns(), allow_writes=config.allow_writes(),
-                                 allow_plaintext=config.allow_plaintext())
+        target = Target.from_dsn(dsn, config.replica_dsns(), allow_writes=config.allow_writes())
     else:
         cluster = LocalCluster(root)
         cluster.up(replicas=replicas)

@@ -3,7 +3,7 @@
 Layout of the home directory (``--home`` / ``WORKBOOK_HOME``, else ``./.workbook``, or, as root
 when the server user cannot reach ``./.workbook``, a folder under /var/tmp: see :func:`resolve_home`)::
 
-    cluster.json          topology: nodes (name, role, port, slot), sync-commit mode, binaries
+    cluster.json          topology: nodes (name, role, port, slot, upstream), sync-commit mode, binaries
     secrets/password      the superuser's generated password (0600, never printed)
     secrets/pgpass        the same password in .pgpass form (0600, the server user's): replicas
                           connect with ``passfile=``, so no password lands in a configuration
@@ -236,7 +236,8 @@ class NodeSpec:
     name: str
     role: str  # "primary" | "replica"
     port: int
-    slot: str | None = None
+    slot: str | None = None  # the replica's slot, on its upstream
+    upstream: str | None = None  # a cascading replica's upstream replica; None: it streams from the primary
 
 
 class LocalCluster:
@@ -724,20 +725,39 @@ class LocalCluster:
         return _pooler.status(self, _pooler.entry(self))
 
     # ---- replicas ------------------------------------------------------------------------
-    def add_replica(self, name: str | None = None, *, timeout: float = 120.0) -> NodeStatus:
+    def add_replica(self, name: str | None = None, *, upstream: str | None = None,
+                    timeout: float = 120.0) -> NodeStatus:  # fmt: skip
         """Add a streaming replica (pg_basebackup with its own slot, ``-R``) and wait until it streams.
 
+        ``upstream``: the name of a replica to stream from instead of the primary (a cascading
+        replica: the base backup is taken from that replica, and the slot lives there). It gets
+        the primary's changes only after its upstream has them, so its lag is at least its
+        upstream's; it takes no WAL sender of the primary's.
+
         With the name of an existing replica that is down or broken, heal it instead: restart it,
-        or rebuild it from the primary when its WAL is gone. Idempotent for a healthy replica.
+        or rebuild it from its upstream when its WAL is gone. Idempotent for a healthy replica.
         """
         check_timeout(timeout)
         with self._locked():
             state = self._load()
             names = {s.name for s in self._specs(state)}
+            if upstream is not None:
+                up_spec = self._spec(upstream, state)
+                if up_spec.role != "replica":
+                    raise ClusterError(
+                        f"upstream {upstream!r} is the primary; leave out upstream to stream from it, or name a replica"
+                    )
+                if not self._bare_node(upstream).running:
+                    raise ClusterError(f"upstream replica {upstream!r} is down; 'workbook up' first")
             if name is not None and name in names:
                 spec = self._spec(name, state)
                 if spec.role != "replica":
                     raise ClusterError(f"node {name!r} is the primary, not a replica")
+                if upstream is not None and upstream != spec.upstream:
+                    raise ClusterError(
+                        f"replica {name!r} already exists and streams from {spec.upstream or 'the primary'!r}; "
+                        "remove it first to make it stream from elsewhere"
+                    )
                 self._heal_replica(spec)
                 return self._status_of(name)
             if name is None:
@@ -750,7 +770,7 @@ class LocalCluster:
             self._check_live_capacity(len([s for s in self._specs(state) if s.role == "replica"]) + 1)
             taken = {s.port for s in self._specs(state)}
             port = free_port(max(taken) + 1, taken)
-            spec = NodeSpec(name=name, role="replica", port=port, slot=f"wb_{name}")
+            spec = NodeSpec(name=name, role="replica", port=port, slot=f"wb_{name}", upstream=upstream)
             self._build_replica(spec, timeout=timeout, fresh_port=True)
             state["nodes"].append(asdict(spec))
             self._save(state)
@@ -759,12 +779,13 @@ class LocalCluster:
         return self._status_of(name)
 
     def _build_replica(self, spec: NodeSpec, *, timeout: float, fresh_port: bool = False) -> None:
-        """pg_basebackup a replica and start it; ``fresh_port``: its port was just chosen (see _start_new)."""
-        prim = self._primary_spec()
+        """pg_basebackup a replica from its upstream (default the primary) and start it; ``fresh_port``:
+        its port was just chosen (see _start_new)."""
+        source = self._source(spec)
         node = self._node(spec)
         node.kill()
         shutil.rmtree(node.root, ignore_errors=True)
-        self._drop_slot(spec.slot)
+        self._drop_slot(spec.slot, source)
         try:
             self.run_as.make_dir(node.root)
             # the password from a passfile, not PGPASSWORD: -R writes the connection's options into
@@ -773,7 +794,7 @@ class LocalCluster:
             env.update(PGPASSFILE=str(self._write_passfile()), PGAPPNAME=spec.name)
             res = self.run_as.run(
                 [
-                    self.bins.exe("pg_basebackup"), "-h", "127.0.0.1", "-p", str(prim.port),
+                    self.bins.exe("pg_basebackup"), "-h", "127.0.0.1", "-p", str(source.port),
                     "-U", SUPERUSER, "-D", str(node.datadir), "-R", "-X", "stream", "-c", "fast",
                     "-C", "-S", str(spec.slot), "--no-password",
                 ],
@@ -791,7 +812,7 @@ class LocalCluster:
             _cpu.release(self.home, spec.name)
             shutil.rmtree(node.root, ignore_errors=True)
             with contextlib.suppress(Exception):
-                self._drop_slot(spec.slot)
+                self._drop_slot(spec.slot, source)
             raise
 
     def _heal_replica(self, spec: NodeSpec) -> None:
@@ -814,13 +835,18 @@ class LocalCluster:
 
         wait_until(streaming, timeout=timeout, what=f"replica {spec.name!r} to stream from the primary")
 
-    def _drop_slot(self, slot: str | None) -> None:
+    def _source(self, spec: NodeSpec, state: dict[str, Any] | None = None) -> NodeSpec:
+        """The node a replica streams from: its upstream replica, else the primary."""
+        return self._spec(spec.upstream, state) if spec.upstream else self._primary_spec(state)
+
+    def _drop_slot(self, slot: str | None, on: NodeSpec | None = None) -> None:
+        """Drop ``slot`` on node ``on`` (default: the primary), if that node runs."""
         if not slot:
             return
-        prim = self._primary_spec()
-        if not self._bare_node(prim.name).running:
+        holder = on or self._primary_spec()
+        if not self._bare_node(holder.name).running:
             return
-        with self._connect(prim.name) as conn:
+        with self._connect(holder) as conn:
             for _ in range(50):  # a walsender may still hold the slot for a moment
                 row = conn.execute(
                     "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
@@ -835,7 +861,10 @@ class LocalCluster:
             raise ClusterError(f"replication slot {slot!r} stays in use; stop its replica first")
 
     def remove_replica(self, name: str | None = None) -> None:
-        """Stop a replica, delete its data and drop its slot (default: the newest replica)."""
+        """Stop a replica, delete its data and drop its slot (default: the newest replica).
+
+        Replicas that cascade from it are first pointed at its own upstream (the primary, for a
+        replica that streams from the primary), through new slots there."""
         with self._locked():
             state = self._load()
             replicas = [s for s in self._specs(state) if s.role == "replica"]
@@ -845,17 +874,26 @@ class LocalCluster:
             if spec.role != "replica":
                 raise ClusterError(f"node {spec.name!r} is the primary; only replicas can be removed")
             sync = state.get("sync", {})
-            remaining = len(replicas) - 1
+            children = [r for r in replicas if r.upstream == spec.name]
+            direct = [r for r in replicas if r.name != spec.name and (r.upstream is None or (r in children and not spec.upstream))]
+            remaining = len(direct)
             if sync.get("standbys", 0) > remaining:
                 raise ClusterError(
                     f"synchronous commit waits for {sync['standbys']} standby(s); removing {spec.name!r} "
-                    f"leaves {remaining}, and writes would hang; set_sync_commit('async') first"
+                    f"leaves {remaining} streaming from the primary, and writes would hang; set_sync_commit('async') first"
                 )
+            for child in children:  # re-pointed first: they keep streaming while their upstream goes
+                child.upstream = spec.upstream
+                for n in state["nodes"]:
+                    if n["name"] == child.name:
+                        n["upstream"] = spec.upstream
+                self._save(state)
+                self._follow(child, self._source(child, state))
             node = self._node(spec)
             node.stop()
             _cpu.release(self.home, spec.name)
             shutil.rmtree(node.root, ignore_errors=True)
-            self._drop_slot(spec.slot)
+            self._drop_slot(spec.slot, self._source(spec, state))
             state["nodes"] = [n for n in state["nodes"] if n["name"] != spec.name]
             self._save(state)
             if state.get("cpus_per_node"):
@@ -870,6 +908,8 @@ class LocalCluster:
         replicas) and dropped from the cluster with its data: it cannot rejoin without a rebuild,
         and ``add_replica()`` makes a new replica whenever you want one. ``name`` becomes the
         writable primary; the other replicas follow it on the new timeline through new slots.
+        A cascading replica keeps its upstream (it follows the new timeline through it); one that
+        cascaded from ``name`` now streams from the new primary, through the slot it had there.
         Synchronous commit returns to async on the new primary.
 
         If the old primary was not shut down cleanly (it had crashed, or would not stop), commits
@@ -909,13 +949,19 @@ class LocalCluster:
                 log.warning(failover.warning)
             _cpu.release(self.home, old_node.name)
             shutil.rmtree(old_node.root, ignore_errors=True)
-            spec.role, spec.slot = "primary", None
+            was = (spec.upstream, spec.slot)  # a cascading replica promoted: its slot on its upstream goes
+            spec.role, spec.slot, spec.upstream = "primary", None, None
             others = [s for s in self._specs(state) if s.role == "replica" and s.name != name]
+            for other in others:
+                if other.upstream == name:
+                    other.upstream = None
             state["nodes"] = [asdict(spec)] + [asdict(s) for s in others]
             state["sync"] = {"mode": "async", "standbys": 0}
             self._save(state)
-            for other in others:
-                self._follow(other, spec)
+            for other in sorted(others, key=lambda s: s.upstream is not None):  # upstreams first
+                self._follow(other, self._source(other, state))
+            if was[0] is not None:
+                self._drop_slot(was[1], self._spec(was[0], state))
             if state.get("cpus_per_node"):
                 self._apply_cpu()
             if state.get(_pooler.STATE_KEY):
@@ -981,18 +1027,19 @@ class LocalCluster:
         found = [parse_lsn(m) for m in re.findall(r"\b([0-9A-F]+/[0-9A-F]+)\b", text)]
         return max((x for x in found if x is not None), default=None)
 
-    def _follow(self, replica: NodeSpec, primary: NodeSpec) -> None:
-        """Point a replica at a (new) primary through a fresh slot; rebuild it if it cannot follow."""
+    def _follow(self, replica: NodeSpec, source: NodeSpec) -> None:
+        """Point a replica at ``source`` (a new primary, or its upstream replica) through a slot
+        there (made if missing); rebuild it from there if it cannot follow."""
         import psycopg
         from psycopg import sql
 
-        with self._connect(primary) as conn:
+        with self._connect(source) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (replica.slot,)).fetchone()
             if not exists:
                 conn.execute("SELECT pg_create_physical_replication_slot(%s)", (replica.slot,))
         conninfo = psycopg.conninfo.make_conninfo(  # passfile, not password: the server logs this setting
-            host="127.0.0.1", port=str(primary.port), user=SUPERUSER, passfile=str(self._write_passfile()),
+            host="127.0.0.1", port=str(source.port), user=SUPERUSER, passfile=str(self._write_passfile()),
             application_name=replica.name,
         )
         node = self._node(replica)
@@ -1032,17 +1079,18 @@ class LocalCluster:
         ``off`` (no wait even for the local WAL flush), ``async`` (local flush only, the default),
         or ``remote_write`` / ``on`` / ``remote_apply`` waiting for ``standbys`` replicas
         (``ANY n (...)``; ``remote_apply`` makes the commit visible on them before it returns).
+        Only replicas that stream from the primary count: a cascading one confirms nothing to it.
         """
         if mode not in SYNC_MODES:
             raise ClusterError(f"unknown synchronous-commit mode {mode!r}; choose one of {', '.join(SYNC_MODES)}")
         with self._locked():
             state = self._load()
-            n_rep = len([s for s in self._specs(state) if s.role == "replica"])
+            n_rep = len([s for s in self._specs(state) if s.role == "replica" and not s.upstream])
             waits = mode in ("remote_write", "on", "remote_apply")
             if waits and not 1 <= standbys <= n_rep:
                 raise ClusterError(
                     f"{mode!r} on {standbys} standby(s) needs that many replicas; the cluster has {n_rep} "
-                    "(add_replica() first)"
+                    "streaming from the primary (add_replica() first)"
                 )
             self._apply_sync(mode, standbys if waits else 0)
             state["sync"] = {"mode": mode, "standbys": standbys if waits else 0}
@@ -1051,7 +1099,7 @@ class LocalCluster:
     def _apply_sync(self, mode: str, standbys: int) -> None:
         from psycopg import sql
 
-        names = [s.name for s in self._specs() if s.role == "replica"]
+        names = [s.name for s in self._specs() if s.role == "replica" and not s.upstream]
         standby_names: sql.Composable
         if standbys:
             standby_names = sql.SQL("ANY {} ({})").format(
@@ -1093,7 +1141,8 @@ class LocalCluster:
         out.append(NodeStatus(prim.name, "primary", ppid, prim.port, pstate, None, None))
         for spec in specs:
             if spec.role == "replica":
-                out.append(self._replica_status(spec, primary_lsn, reported.get(spec.name)))
+                out.append(replace(self._replica_status(spec, primary_lsn, reported.get(spec.name)),
+                                   upstream=spec.upstream))  # fmt: skip
         return [replace(st, cpu_budget=self._cpu_budget(st, state.get("cpus_per_node"))) for st in out]
 
     def _cpu_budget(self, st: NodeStatus, configured: float | None) -> dict[str, Any] | None:
