@@ -22,7 +22,7 @@ from .html import _CSS, _plan_table, _svg
 
 def pasted_plan_section(plan: Plan, i: int) -> str:
     """One plan you brought, as an HTML section."""
-    from ..ui.charts import plan_view
+    from ..ui.charts import plan_view_spec
 
     lead = leads(plan)
     head = f"{plan.execution_ms:.3f} ms executed" if plan.execution_ms is not None else f"cost {plan.total_cost:,.2f}, estimates only"
@@ -30,7 +30,7 @@ def pasted_plan_section(plan: Plan, i: int) -> str:
         f"<section class='experiment pasted-plan' id='plan{i}'><h2>{i}. plan you brought: {html.escape(head)}</h2>",
         "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in plan.notes) + "</ul>",
         f"<p><code>{html.escape(plan.summary())}</code></p>{_plan_table(plan)}",
-        _svg(plan_view(plan, title="plan (width = time, colour = misestimate)")),
+        _svg(plan_view_spec(plan, title="plan (width = time, colour = misestimate)")),
     ]
     found = findings(plan)
     if found:
