@@ -33,7 +33,7 @@ from workbook.dataset.generator import (
     expected_top_share,
 )
 from workbook.dataset.loader import STAGING, stale_staging
-from workbook.errors import ReadOnlyTarget, WorkbookError
+from workbook.errors import ReadOnlyTarget
 
 SCALE, SEED = 0.01, 42
 
@@ -358,16 +358,30 @@ def test_two_loads_at_once_queue_and_the_last_one_wins_whole(cluster: LocalClust
     load(cluster.target(), SCALE, SEED, progress=False)
 
 
-def test_server_without_pgvector_gets_a_clear_error_and_no_schema(cluster_factory: Any) -> None:
+def test_server_without_pgvector_loads_without_embeddings_and_says_so_once(cluster_factory: Any, conn: Any) -> None:
+    """Debian's PostgreSQL 15 has no pgvector: the same rows load, chunks without its embedding column."""
+    from workbook.dataset.checksum import table_query
+    from workbook.dataset.loader import NO_VECTORS
+
     pg15 = Path("/usr/lib/postgresql/15/bin")
     if not (pg15 / "postgres").exists():
         pytest.skip("Debian's PostgreSQL 15 (which has no pgvector) is not installed")
     c = cluster_factory(pg_bin=pg15)
     c.up(replicas=0)
-    with pytest.raises(WorkbookError, match="pgvector"):
-        load(c.target(), SCALE, SEED, progress=False)
-    with c.target().connect() as conn:
-        assert scalar(conn, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ai_app%%'") == 0
+    said: list[str] = []
+    info = load(c.target(), SCALE, SEED, progress=False, say=said.append)
+    assert said == [NO_VECTORS] and info.vectors is False
+    assert dataset_info(conn).vectors is True  # type: ignore[union-attr]  # the same load on PostgreSQL 18 + pgvector
+    with c.target().connect() as pg15:
+        assert dataset_info(pg15).vectors is False  # type: ignore[union-attr]
+        cols = scalar(pg15, "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns"
+                            " WHERE table_schema = 'ai_app' AND table_name = 'chunks'")  # fmt: skip
+        assert cols == ["id", "document_id", "org_id", "chunk_index", "token_count", "content"]
+        assert scalar(pg15, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (STAGING,)) == 0
+        theirs, ours = checksum(pg15).tables, checksum(conn).tables
+        assert {t: v for t, v in theirs.items() if t != "chunks"} == {t: v for t, v in ours.items() if t != "chunks"}
+        same_cols = [(col, "text" if col == "content" else "bigint") for col in cols]
+        assert scalar(pg15, table_query("chunks", same_cols, "postgres")) == scalar(conn, table_query("chunks", same_cols, "postgres"))
 
 
 @pytest.mark.parametrize("args", [["--scale", "0"], ["--scale", "500"], ["--seed", "-3"]])

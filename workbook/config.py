@@ -12,6 +12,7 @@ variable                   meaning                                              
 ``WORKBOOK_DSN``           your own primary instead of the local cluster             :func:`dsn`
 ``WORKBOOK_REPLICA_DSNS``  its read replicas, space-separated                        :func:`replica_dsns`
 ``WORKBOOK_ALLOW_WRITES``  ``1``: writes/DDL allowed on ``WORKBOOK_DSN``             :func:`allow_writes`
+``WORKBOOK_ALLOW_PLAINTEXT`` ``1``: no TLS toward a non-loopback ``WORKBOOK_DSN`` is ok :func:`allow_plaintext`
 ``WORKBOOK_SCALE``         the dataset's default scale factor (default 0.05)         :func:`default_scale`
 ``WORKBOOK_PG_BIN``        another PostgreSQL bin directory than the embedded one    :func:`pg_bin`
 ``WORKBOOK_PSQL``          the psql ``workbook psql`` runs                           :func:`psql`
@@ -37,7 +38,7 @@ DEFAULT_PG_USER = "workbook_pg"
 
 #: every variable this module reads (checked for valid UTF-8 by the CLI)
 VARIABLES = (
-    "WORKBOOK_HOME", "WORKBOOK_DSN", "WORKBOOK_REPLICA_DSNS", "WORKBOOK_ALLOW_WRITES", "WORKBOOK_SCALE",
+    "WORKBOOK_HOME", "WORKBOOK_DSN", "WORKBOOK_REPLICA_DSNS", "WORKBOOK_ALLOW_WRITES", "WORKBOOK_ALLOW_PLAINTEXT", "WORKBOOK_SCALE",
     "WORKBOOK_PG_BIN", "WORKBOOK_PSQL", "WORKBOOK_PORT", "WORKBOOK_PG_USER", "WORKBOOK_DATASETS",
 )  # fmt: skip
 
@@ -78,9 +79,9 @@ def replica_dsns() -> list[str]:
     return [] if raw is None else raw.split()
 
 
-def allow_writes() -> bool:
-    """``WORKBOOK_ALLOW_WRITES``: ``1``/``true``/``yes``/``on`` allow writes on ``WORKBOOK_DSN``; unset: False."""
-    raw = _raw("WORKBOOK_ALLOW_WRITES")
+def _flag(name: str) -> bool:
+    """A yes/no variable: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``; unset: False."""
+    raw = _raw(name)
     if raw is None:
         return False
     value = raw.strip().lower()
@@ -88,7 +89,17 @@ def allow_writes() -> bool:
         return True
     if value in _FALSE:
         return False
-    raise WorkbookError(f"WORKBOOK_ALLOW_WRITES must be 1 or 0 (true/false, yes/no), not {raw!r}")
+    raise WorkbookError(f"{name} must be 1 or 0 (true/false, yes/no), not {raw!r}")
+
+
+def allow_writes() -> bool:
+    """``WORKBOOK_ALLOW_WRITES``: ``1``/``true``/``yes``/``on`` allow writes on ``WORKBOOK_DSN``; unset: False."""
+    return _flag("WORKBOOK_ALLOW_WRITES")
+
+
+def allow_plaintext() -> bool:
+    """``WORKBOOK_ALLOW_PLAINTEXT``: ``1`` allows connections without TLS to a non-loopback host; unset: False."""
+    return _flag("WORKBOOK_ALLOW_PLAINTEXT")
 
 
 def default_scale() -> float:

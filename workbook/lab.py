@@ -213,7 +213,8 @@ def attach_lab(
     if target is not None:
         pass
     elif dsn:
-        target = Target.from_dsn(dsn, config.replica_dsns(), allow_writes=config.allow_writes())
+        target = Target.from_dsn(dsn, config.replica_dsns(), allow_writes=config.allow_writes(),
+                                 allow_plaintext=config.allow_plaintext())
     else:
         cluster = LocalCluster(root)
         cluster.up(replicas=replicas)

@@ -7,13 +7,23 @@ way. External targets are read-only unless the user says otherwise: their connec
 
 Passwords never leave this module in clear: ``repr``, ``str`` and error messages show DSNs
 through :func:`redact_dsn`.
+
+TLS: a DSN's ``sslmode`` and ``sslrootcert`` (or ``from_dsn(..., sslmode=, sslrootcert=)``, or
+libpq's ``PGSSLMODE``/``PGSSLROOTCERT``) are written into every endpoint's DSN, so psycopg and the
+pgbench the traffic engine runs (whose environment gets them as ``PGSSLMODE``/``PGSSLROOTCERT``)
+connect the same way. Toward a host that is not loopback, ``sslmode=disable`` is refused and a
+connection that ends up without TLS (``allow``/``prefer`` against a server without it) is closed,
+unless the target is made with ``allow_plaintext=True`` (``--allow-plaintext``,
+``WORKBOOK_ALLOW_PLAINTEXT=1``). :meth:`Target.status` shows each node's TLS version and cipher.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionFailed, ReadOnlyTarget, TargetError
@@ -205,6 +215,80 @@ def redact_text(text: str, *dsns: str) -> str:
     return text
 
 
+#: libpq's sslmode values, weakest first; the first three may end up without TLS
+SSLMODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+PLAINTEXT_HOW = "use sslmode=verify-full sslrootcert=CA.crt in the DSN, or pass --allow-plaintext (WORKBOOK_ALLOW_PLAINTEXT=1) if this network is trusted"
+
+
+def _is_loopback(host: str) -> bool:
+    """A Unix socket, ``localhost`` or a loopback address (a name is not resolved)."""
+    host = host.strip()
+    if not host or host.startswith(("/", "@")) or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_hosts(params: dict[str, str]) -> list[str]:
+    """The hosts of a parsed DSN that are not loopback (``hostaddr`` wins over ``host``, as in libpq)."""
+    raw = params.get("hostaddr") or params.get("host") or os.environ.get("PGHOSTADDR") or os.environ.get("PGHOST") or ""
+    return [h for h in raw.split(",") if not _is_loopback(h)]
+
+
+def with_tls(dsn: str, sslmode: str | None = None, sslrootcert: str | None = None, *, allow_plaintext: bool = False) -> str:
+    """``dsn`` with its TLS options settled: ``sslmode``/``sslrootcert`` given here, else the DSN's
+    own, else libpq's ``PGSSLMODE``/``PGSSLROOTCERT``; written into the DSN (pgbench's environment is
+    built from it). Refuses a conflict, an unknown mode, a missing CA file, and ``sslmode=disable``
+    toward a non-loopback host unless ``allow_plaintext``."""
+    from psycopg import conninfo
+
+    params = dsn_params(dsn)
+    shown = redact_dsn(dsn)
+    for key, given, env in (("sslmode", sslmode, "PGSSLMODE"), ("sslrootcert", sslrootcert, "PGSSLROOTCERT")):
+        own = params.get(key)
+        if given is not None and own is not None and str(own) != given:
+            raise TargetError(f"the DSN {shown!r} says {key}={own} but {key}={given} was also given; keep one")
+        value = given if given is not None else own if own is not None else os.environ.get(env) or None
+        if value is not None:
+            params[key] = str(value)
+    mode = params.get("sslmode")
+    if mode is not None and mode not in SSLMODES:
+        raise TargetError(f"sslmode {mode!r} is not one of {', '.join(SSLMODES)} (in {shown!r})")
+    cert = params.get("sslrootcert")
+    if cert and cert != "system" and not os.path.isfile(os.path.expanduser(str(cert))):
+        raise TargetError(f"the CA file sslrootcert={cert!r} does not exist or is not a file; give the CA "
+                          "certificate that signed the server's (PEM)")  # fmt: skip
+    remote = remote_hosts(params)
+    if mode == "disable" and remote and not allow_plaintext:
+        raise TargetError(f"sslmode=disable toward {remote[0]} would send passwords and data in clear; {PLAINTEXT_HOW}")
+    if params == dsn_params(dsn):
+        return dsn  # nothing to add: keep the user's text (URI or key=value) as it is
+    return conninfo.make_conninfo(**params)
+
+
+@dataclass(frozen=True)
+class TLSState:
+    """What ``pg_stat_ssl`` says about one connection."""
+
+    ssl: bool
+    version: str | None = None
+    cipher: str | None = None
+    bits: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.cipher}" if self.ssl else "off"
+
+
+def tls_state(conn: psycopg.Connection[Any]) -> TLSState:
+    """The TLS state of ``conn`` as the server sees it (pg_stat_ssl of its own backend)."""
+    row = conn.execute("SELECT ssl, version, cipher, bits FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+    if row is None:
+        return TLSState(bool(conn.pgconn.ssl_in_use))
+    return TLSState(bool(row[0]), row[1], row[2], row[3])
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One server of a target: a name (``primary``, ``replica1`` ...) and its DSN."""
@@ -227,6 +311,8 @@ class Target:
     #: a connection pooler (PgBouncer, transaction pooling) in front of the primary, if any;
     #: ``connect("pooler")`` reaches it, and it is not one of ``endpoints`` (runs do not spread to it)
     pooler: Endpoint | None = None
+    #: connections without TLS to non-loopback hosts are allowed (refused by default)
+    allow_plaintext: bool = False
 
     @classmethod
     def from_dsn(
@@ -235,19 +321,26 @@ class Target:
         replicas: list[str] | tuple[str, ...] = (),
         *,
         allow_writes: bool = False,
+        sslmode: str | None = None,
+        sslrootcert: str | os.PathLike[str] | None = None,
+        allow_plaintext: bool = False,
     ) -> Target:
-        """A user's own cluster. Read-only unless ``allow_writes=True``."""
+        """A user's own cluster. Read-only unless ``allow_writes=True``.
+
+        ``sslmode``/``sslrootcert`` apply to every DSN that does not set them (see :func:`with_tls`);
+        without TLS toward a non-loopback host it refuses unless ``allow_plaintext=True``."""
         if isinstance(primary, str) and not primary.strip():
             raise TargetError("empty primary DSN; pass --dsn 'postgresql://user@host/db' or set WORKBOOK_DSN")
         if isinstance(replicas, str):
             raise TargetError("replicas must be a list of DSNs, not one string; e.g. ['host=replica1 ...']")
-        for d in (primary, *replicas):
-            dsn_params(d)  # validate early, with a redacted message
+        cert = None if sslrootcert is None else os.fspath(sslrootcert)
+        primary, *rest = (with_tls(d, sslmode, cert, allow_plaintext=allow_plaintext) for d in (primary, *replicas))
         return cls(
             primary=Endpoint("primary", primary),
-            replicas=tuple(Endpoint(f"replica{i}", d) for i, d in enumerate(replicas, 1)),
+            replicas=tuple(Endpoint(f"replica{i}", d) for i, d in enumerate(rest, 1)),
             allow_writes=allow_writes,
             kind="external",
+            allow_plaintext=allow_plaintext,
         )
 
     # ---- naming ------------------------------------------------------------------------
@@ -272,7 +365,8 @@ class Target:
         if self.pooler is None:
             raise TargetError("this target has no pooler; start one with 'workbook up --pooler' "
                               "(LocalCluster.add_pooler())")  # fmt: skip
-        return Target(primary=self.pooler, replicas=(), allow_writes=self.allow_writes, kind=self.kind)
+        return Target(primary=self.pooler, replicas=(), allow_writes=self.allow_writes, kind=self.kind,
+                      allow_plaintext=self.allow_plaintext)
 
     def __repr__(self) -> str:
         reps = ", ".join(redact_dsn(r.dsn) for r in self.replicas)
@@ -282,6 +376,16 @@ class Target:
         )
 
     __str__ = __repr__
+
+    @property
+    def needs_tls(self) -> bool:
+        """Must a client (pgbench) speak TLS to reach every node? (A DSN asks for it, or a node is not
+        loopback and plaintext is not allowed.)"""
+        for ep in (*self.endpoints, *((self.pooler,) if self.pooler else ())):
+            params = dsn_params(ep.dsn)
+            if params.get("sslmode") in SSLMODES[3:] or (remote_hosts(params) and not self.allow_plaintext):
+                return True
+        return False
 
     # ---- safety ------------------------------------------------------------------------
     def require_writes(self, what: str) -> None:
@@ -307,9 +411,27 @@ class Target:
             opts = kwargs.get("options", "")
             kwargs["options"] = (opts + " -c default_transaction_read_only=on").strip()
         try:
-            return psycopg.connect(ep.dsn, autocommit=autocommit, **kwargs)
+            conn = psycopg.connect(ep.dsn, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as exc:
             raise ConnectionFailed(_explain_connect_error(ep, exc)) from None
+        if not (self.allow_plaintext or conn.pgconn.ssl_in_use or _is_loopback(conn.info.host)):
+            host = conn.info.host
+            conn.close()
+            raise ConnectionFailed(f"the connection to {ep.name} at {host} is not encrypted (the server offered no TLS, "
+                                   f"or sslmode allowed going without); {PLAINTEXT_HOW}")  # fmt: skip
+        return conn
+
+    def tls(self) -> dict[str, TLSState]:
+        """Each reachable node's TLS state (version and cipher), as its server reports it."""
+        out = {}
+        for ep in self.endpoints:
+            try:
+                with self.connect(ep.name) as conn:
+                    out[ep.name] = tls_state(conn)
+            except ConnectionFailed:
+                if ep is self.primary:
+                    raise
+        return out
 
     def status(self) -> list[NodeStatus]:
         """Each server's role (as the server itself reports it), state and replay lag.
@@ -321,10 +443,12 @@ class Target:
         from ._probe import NodeStatus, probe, replica_lag, replica_state
 
         found: list[tuple[Endpoint, Any]] = []
+        tls: dict[str, dict[str, Any]] = {}
         for ep in self.endpoints:
             try:
                 with self.connect(ep.name) as conn:
                     found.append((ep, probe(conn)))
+                    tls[ep.name] = asdict(tls_state(conn))
             except ConnectionFailed:
                 if ep is self.primary:
                     raise
@@ -337,10 +461,10 @@ class Target:
                 role = "primary" if ep is self.primary else "replica"
                 out.append(NodeStatus(ep.name, role, None, port, "unreachable", None, None))
             elif not p.in_recovery:
-                out.append(NodeStatus(ep.name, "primary", None, port, "running", None, None))
+                out.append(NodeStatus(ep.name, "primary", None, port, "running", None, None, tls=tls[ep.name]))
             else:
                 lag_b, lag_s = replica_lag(p, primary_lsn)
-                out.append(NodeStatus(ep.name, "replica", None, port, replica_state(p), lag_b, lag_s))
+                out.append(NodeStatus(ep.name, "replica", None, port, replica_state(p), lag_b, lag_s, tls=tls[ep.name]))
         return out
 
     def iter_connections(self) -> Iterator[tuple[Endpoint, psycopg.Connection[Any]]]:
@@ -356,6 +480,13 @@ def _explain_connect_error(ep: Endpoint, exc: Exception) -> str:
     low = raw.lower()
     if "password authentication failed" in low or "no password supplied" in low:
         hint = "check the user name and password in the DSN"
+    elif "certificate verify failed" in low or "server certificate for" in low or "root certificate" in low:
+        hint = ("the server's certificate does not check out against sslrootcert (or its name does not match the "
+                "host): give the CA that signed it, and connect by the name or address the certificate carries")
+    elif "server does not support ssl" in low:
+        hint = "the server has no TLS: enable ssl there, or pass --allow-plaintext with sslmode=disable on a trusted network"
+    elif "no encryption" in low and "pg_hba" in low:
+        hint = "the server accepts only TLS connections from here: use sslmode=verify-full sslrootcert=CA.crt"
     elif "does not exist" in low and "database" in low:
         hint = "check the database name in the DSN"
     elif "connection refused" in low or "no such file or directory" in low:

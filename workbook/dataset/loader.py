@@ -17,6 +17,10 @@ foreign keys, ANALYZE, the derived invoices) while other tables are still being 
 4. on the control session, one transaction writes ``dataset_info``, drops the old ``ai_app``
    schema and renames the staging one to ``ai_app``.
 
+On a server without pgvector (many self-hosted and older ones) the dataset loads without its
+vector column (``chunks.embedding``): the load says so once, :attr:`DatasetInfo.vectors` is False,
+and the lessons and report sections that need vectors say they were skipped and why.
+
 Readers see the old dataset or the new one, never part of one: nothing is in ``ai_app`` until that
 last transaction commits. A load that fails (a server error, a lost session, Ctrl-C in Jupyter)
 cancels its sessions and drops its staging schema. One killed outright (kill -9) cannot clean
@@ -28,6 +32,9 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +75,8 @@ class DatasetInfo:
     cold_orgs: list[int] = field(default_factory=list)
     server_version: str = ""
     phases: dict[str, float] = field(default_factory=dict)  # seconds per load phase
+    #: chunks.embedding was loaded (False: the server has no pgvector; see :data:`NO_VECTORS`)
+    vectors: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,20 +86,74 @@ class DatasetInfo:
         return self.bytes / 1e6 / self.load_seconds if self.load_seconds else 0.0
 
 
-def _vector_schema(conn: psycopg.Connection[Any]) -> str:
-    """Install pgvector if needed; return the schema its types live in."""
+#: what a load without pgvector says (once), and what the lessons needing vectors say instead of running
+NO_VECTORS = (
+    "this server has no pgvector extension: the dataset is loaded without chunks.embedding, and the lessons and "
+    "report sections that need vectors are skipped; install pgvector there (or use the embedded cluster) to run them"
+)
+EMBEDDING = "embedding"
+_EMBEDDING_LINE = re.compile(rf"^\s*{EMBEDDING}\s+vector\(\d+\)[^\n]*\n", re.MULTILINE)
+
+
+def _vector_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """Install pgvector if needed; return the schema its types live in; None when the server has none."""
     row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
     if row:
         return str(row[0])
     if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
-        raise WorkbookError(
-            "the pgvector extension is not available on this server (chunks.embedding is vector(384)); "
-            "install pgvector there, or use the embedded cluster, whose PostgreSQL ships it"
-        )
+        return None
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
     assert row is not None
     return str(row[0])
+
+
+def has_vectors(conn: psycopg.Connection[Any]) -> bool:
+    """Does the loaded dataset have its embeddings (``chunks.embedding``)? False on a server without pgvector."""
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = 'chunks' AND column_name = %s",
+        (SCHEMA, EMBEDDING),
+    ).fetchone()
+    return row is not None
+
+
+def without_column(stream: TableStream, column: str) -> TableStream:
+    """``stream`` (binary COPY) without ``column``: each row's field is cut out as the rows go by."""
+    index = stream.columns.index(column)
+    if stream.format != "binary":
+        raise WorkbookError(f"internal: cutting a column out of a {stream.format} stream is not supported")
+
+    def batches() -> Iterator[tuple[bytes, int]]:
+        pending = b""
+        header_done = False
+        for data, rows in stream.batches():
+            buf = pending + data
+            out: list[bytes] = []
+            pos = 0
+            if not header_done:  # signature (11 bytes), flags, header extension length and area: kept
+                ext = struct.unpack_from(">i", buf, 15)[0]
+                pos = 19 + ext
+                out.append(buf[:pos])
+                header_done = True
+            while pos + 2 <= len(buf):
+                (nfields,) = struct.unpack_from(">h", buf, pos)
+                if nfields == -1:  # the trailer
+                    out.append(buf[pos : pos + 2])
+                    pos += 2
+                    continue
+                end, fields = pos + 2, []
+                for _ in range(nfields):
+                    (length,) = struct.unpack_from(">i", buf, end)
+                    fields.append((end, end + 4 + max(length, 0)))
+                    end += 4 + max(length, 0)
+                out.append(struct.pack(">h", nfields - 1))
+                out.extend(buf[a:b] for i, (a, b) in enumerate(fields) if i != index)
+                pos = end
+            pending = buf[pos:]
+            yield b"".join(out), rows
+
+    columns = tuple(c for c in stream.columns if c != column)
+    return TableStream(stream.name, columns, stream.format, stream.expected_rows, batches, stream.approximate)
 
 
 class _Pipeline:
@@ -196,20 +259,29 @@ class _Load:
         self.t0 = time.perf_counter()
         self.copied_at = self.t0
         self.phases: dict[str, float] = {}
+        self.vectors = True
+
+    def without_vectors(self) -> None:
+        """Load ``chunks`` without its embedding column (the server has no pgvector)."""
+        ddl = _EMBEDDING_LINE.sub("", self.schema.tables["chunks"])
+        self.schema = Schema({**self.schema.tables, "chunks": ddl}, self.schema.foreign_keys)
+        self.streams["chunks"] = without_column(self.streams["chunks"], EMBEDDING)
+        self.board = Board(finishing_steps(self.schema, self.streams, self.rows), copying=2)
+        self.vectors = False
 
     def lap(self, name: str, at: float | None = None) -> None:
         end = time.perf_counter() if at is None else at
         self.phases[name] = round(end - self.t0 - sum(self.phases.values()), 3)
 
-    def session(self, ext: str | None = None) -> psycopg.Connection[Any]:
+    def session(self, search_path: sql.Composed | None = None) -> psycopg.Connection[Any]:
         conn = self.target.connect(autocommit=True, application_name="workbook load")
         self.sessions.append(conn)
         conn.execute("SET statement_timeout = 0")
         conn.execute("SET lock_timeout = '30s'")
         conn.execute("SET maintenance_work_mem = '256MB'")
         conn.execute("SET TIME ZONE 'UTC'")  # the generator's CSV holds UTC wall times
-        if ext is not None:
-            conn.execute(sql.SQL("SET search_path = {}, {}").format(sql.Identifier(STAGING), sql.Identifier(ext)))
+        if search_path is not None:
+            conn.execute(search_path)
         return conn
 
     def lane(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
@@ -307,6 +379,12 @@ class _Load:
                 conn.close()
 
 
+def _search_path(ext: str | None) -> sql.Composed:
+    """The staging schema first, then pgvector's (if the server has it)."""
+    names = [STAGING] if ext is None else [STAGING, ext]
+    return sql.SQL("SET search_path = {}").format(sql.SQL(", ").join(map(sql.Identifier, names)))
+
+
 _DROP_STAGING = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STAGING))
 
 _INFO_DDL = """
@@ -326,6 +404,7 @@ def load(
     *,
     progress: bool | ProgressFn = True,
     generator: Generator | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> DatasetInfo:
     """Generate the dataset at ``scale`` with ``seed`` and load it into ``target`` atomically.
 
@@ -333,7 +412,9 @@ def load(
     callable ``(table, rows_done, rows_expected)``, always called from the caller's thread. A
     ``generator`` given replaces ``scale`` and ``seed`` (the CLI builds it first, so bad arguments
     fail before any server is touched). Replaces any dataset already loaded; on any error the
-    previous dataset stays as it was. Uses two sessions of ``target``.
+    previous dataset stays as it was. Uses two sessions of ``target``. On a server without pgvector
+    the dataset loads without ``chunks.embedding`` and ``say`` (default: a "note:" line on stderr)
+    is told so once.
     """
     target.require_writes("load the sample dataset")
     job = _Load(target, generator or Generator(seed, scale))
@@ -343,10 +424,13 @@ def load(
         control = job.session()
         job.lock()
         ext = _vector_schema(control)
+        if ext is None:
+            job.without_vectors()
+            (say or _note)(NO_VECTORS)
         control.execute(_DROP_STAGING)
         control.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(STAGING)))
-        control.execute(sql.SQL("SET search_path = {}, {}").format(sql.Identifier(STAGING), sql.Identifier(ext)))
-        job.session(ext)
+        control.execute(_search_path(ext))
+        job.session(_search_path(ext))
         bar, report = _progress(progress, sum(s.expected_rows for s in job.streams.values()))  # drawn once connected
         job.lap("setup")
         job.run_lanes(report)
@@ -364,6 +448,7 @@ def load(
             cold_orgs=gen.cold_orgs(),
             server_version=control.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
             phases=job.phases,
+            vectors=job.vectors,
         )
         with control.transaction():
             control.execute(_INFO_DDL)
@@ -388,6 +473,10 @@ def load(
         if bar is not None:
             bar.close()
     return DatasetInfo(**{**info.as_dict(), "load_seconds": round(time.perf_counter() - job.t0, 3)})
+
+
+def _note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _forget_writes(conn: psycopg.Connection[Any]) -> None:
@@ -433,7 +522,7 @@ def dataset_info(conn: psycopg.Connection[Any]) -> DatasetInfo | None:
     if row is None:
         return None
     seed, scale, version, rows, size, secs, hot, cold, server = row
-    return DatasetInfo(seed, scale, version, rows, size, secs, list(hot), list(cold), server)
+    return DatasetInfo(seed, scale, version, rows, size, secs, list(hot), list(cold), server, vectors=has_vectors(conn))
 
 
 def stale_staging(conn: psycopg.Connection[Any]) -> int | None:

@@ -130,7 +130,12 @@ DUCK_SQL = {
 
 # ---------------------------------------------------------------------------- helpers
 def vector_ready(conn: psycopg.Connection[Any]) -> None:
-    """Load pgvector in this session, so its settings (hnsw.ef_search ...) exist for Setting knobs."""
+    """Load pgvector in this session, so its settings (hnsw.ef_search ...) exist for Setting knobs;
+    a one-line error when the dataset has no embeddings (a server without pgvector)."""
+    from ..dataset.loader import has_vectors
+
+    if not has_vectors(conn):
+        raise WorkbookError(SKIPPED.replace("not run: ", "the vector sweep cannot run: ", 1))
     conn.execute("SELECT %s::vector", ("[0]",))
 
 
@@ -723,8 +728,40 @@ def _freshness(conn: psycopg.Connection[Any], duck: Any, copy_s: float) -> dict[
             "copy_s_to_catch_up": round(copy_s, 3)}  # fmt: skip
 
 
+# ---------------------------------------------------------------------------- without pgvector
+#: what a step that needs embeddings returns on a dataset without them (a server without pgvector)
+SKIPPED = ("not run: the dataset has no embeddings because the server has no pgvector extension; "
+           "install pgvector there (or use the embedded cluster) and load again")  # fmt: skip
+
+
+def _needs_vectors(step: Callable[[Lab], Any]) -> Callable[[Lab], Any]:
+    """``step``, or ``{"skipped": SKIPPED}`` when the dataset has no embeddings."""
+
+    @functools.wraps(step)
+    def run(lab: Lab) -> Any:
+        from ..dataset.loader import has_vectors
+
+        with lab.target.connect() as conn:
+            if not has_vectors(conn):
+                return {"skipped": SKIPPED}
+        return step(lab)
+
+    return run
+
+
+def _skipped(outputs: dict[str, Any]) -> list[str]:
+    return [k for k, v in outputs.items() if isinstance(v, dict) and set(v) == {"skipped"}]
+
+
 # ---------------------------------------------------------------------------- figures
 def figures(outputs: dict[str, Any]) -> dict[str, Any]:
+    if _skipped(outputs):  # no pgvector: only the columnar step ran
+        analytics = outputs["columnar"]["analytics"].set_index("shape")
+        return {"skipped": {"steps": _skipped(outputs), "reason": SKIPPED},
+                "analytics_ms": {"postgres": round(float(analytics["postgres_p50_ms"].sum()), 3),
+                                 "duckdb": round(float(analytics["duckdb_p50_ms"].sum()), 3)},
+                "analytics_same_answers": bool(analytics["same_answer"].all()),
+                "duckdb_copy_s": float(outputs["columnar"]["copy"]["duckdb_copy_s"].iloc[0])}  # fmt: skip
     sweep_ = _sweep_figures(outputs["exact_vs_approximate"]["sweep"])
     mem = outputs["build_cost"]["maintenance_work_mem"].set_index("case")
     small, large = mem.loc["small"], mem.loc["large"]
@@ -772,16 +809,16 @@ LESSON = Lesson(
     steps=(
         Step("exact_vs_approximate", "Exact vs approximate: recall against latency",
              "The same query vectors, exact and through HNSW at each ef_search and IVFFlat at each probes; recall@10 "
-             "is the share of the exact top-10 each answer holds.", exact_vs_approximate),
+             "is the share of the exact top-10 each answer holds.", _needs_vectors(exact_vs_approximate)),
         Step("build_cost", "What the HNSW graph costs to build",
              "Bigger m / ef_construction: slower builds, bigger index, higher recall. A maintenance_work_mem too "
-             "small for the graph: the server says so, and the build slows down.", build_cost),
+             "small for the graph: the server says so, and the build slows down.", _needs_vectors(build_cost)),
         Step("filtered_search", "Filtered search within a tenant",
              "The index finds ef_search candidates, then the filter drops the other tenants': at 1% almost nothing "
-             "is left, unless iterative scans keep searching.", filtered_search),
+             "is left, unless iterative scans keep searching.", _needs_vectors(filtered_search)),
         Step("hybrid_search", "Hybrid: full-text + vector, fused by reciprocal rank, in one statement",
              "Each branch uses its own index (GIN full-text, the tenant B-tree), the tenant and date filters apply to "
-             "both, and the fusion is plain SQL; precision@10 against the generator's topics.", hybrid_search),
+             "both, and the fusion is plain SQL; precision@10 against the generator's topics.", _needs_vectors(hybrid_search)),
         Step("columnar", "Columnar beside relational: PostgreSQL vs a DuckDB copy",
              "The analytics shapes on both engines: the same answers, different speeds, and a copy that does not see "
              "what was written after it.", columnar),

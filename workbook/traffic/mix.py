@@ -15,6 +15,7 @@ pgbench and the Python driver send exactly the same statements with the same val
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,7 @@ def prepare(
     c = target.connect(application_name="workbook-traffic-sampler") if own else conn
     assert c is not None
     try:
+        entries = _without_vectors(m, entries, c)
         requests = []
         for key, kind, statements, samplers, defaults in entries:
             params: list[dict[str, Any]] = []
@@ -213,3 +215,19 @@ def prepare(
         if own:
             c.close()
     return PreparedMix(m.name, tuple(requests), hot_share, seed)
+
+
+def _without_vectors(m: Mix, entries: list[Any], conn: psycopg.Connection[Any]) -> list[Any]:
+    """The entries, less those that search embeddings when the dataset has none (a server without
+    pgvector: see workbook.dataset.loader.NO_VECTORS); says so once on stderr."""
+    from ..dataset.loader import has_vectors
+
+    vector = [e[0] for e in entries if "query_embedding" in e[3]]
+    if not vector or has_vectors(conn):
+        return entries
+    kept = [e for e in entries if e[0] not in vector]
+    if not kept:
+        raise WorkbookError(f"mix {m.name!r} only searches embeddings, and this dataset has none (the server has no pgvector)")
+    print(f"note: mix {m.name!r} runs without {', '.join(vector)}: the dataset has no embeddings "
+          "(the server has no pgvector)", file=sys.stderr)  # fmt: skip
+    return kept

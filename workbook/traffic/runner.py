@@ -281,7 +281,7 @@ def run_load(
     for when, label, action in actions:
         if not isinstance(when, int | float) or when < 0 or not callable(action):
             raise WorkbookError(f"an action is (seconds >= 0, label, callable), got {(when, label, action)!r}")
-    exe = pgbench_driver.find_pgbench(pgbench) if driver == "pgbench" else None
+    exe = pgbench_driver.find_pgbench(pgbench, tls=target.needs_tls) if driver == "pgbench" else None
     if client not in ("libpq", "psycopg"):
         raise WorkbookError(f"client must be 'libpq' or 'psycopg', got {client!r}")
     if driver == "pgbench" and (pool_size or retries or budget_ms or read_your_writes or policy != "round_robin"):
