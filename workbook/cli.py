@@ -64,6 +64,8 @@ _GLOBAL_HELP = {
     "--dsn": "use your own PostgreSQL (primary DSN) instead of the local cluster; or $WORKBOOK_DSN",
     "--replica-dsn": "a read replica of --dsn (repeatable); or $WORKBOOK_REPLICA_DSNS, space-separated",
     "--allow-writes": "let the workbook write/DDL on the --dsn target (read-only by default); or $WORKBOOK_ALLOW_WRITES=1",
+    "--allow-plaintext": "allow connections without TLS to a --dsn host that is not loopback (refused by default); "
+                         "or $WORKBOOK_ALLOW_PLAINTEXT=1. TLS options go in the DSN: sslmode=verify-full sslrootcert=CA.crt",
 }  # fmt: skip
 
 
@@ -79,11 +81,13 @@ def _add_global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
         p.add_argument("--replica-dsn", action="append", metavar="DSN", dest=_REPLICA_DSN_AFTER, default=unset,
                        help=h["--replica-dsn"])  # fmt: skip
         p.add_argument("--allow-writes", action="store_true", default=unset, help=h["--allow-writes"])
+        p.add_argument("--allow-plaintext", action="store_true", default=unset, help=h["--allow-plaintext"])
         return
     p.add_argument("--home", metavar="DIR", default=None, help=h["--home"])
     p.add_argument("--dsn", default=config.dsn(), help=h["--dsn"])
     p.add_argument("--replica-dsn", action="append", metavar="DSN", default=None, help=h["--replica-dsn"])
     p.add_argument("--allow-writes", action="store_true", default=config.allow_writes(), help=h["--allow-writes"])
+    p.add_argument("--allow-plaintext", action="store_true", default=config.allow_plaintext(), help=h["--allow-plaintext"])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,7 +306,7 @@ def _external_target(args: argparse.Namespace) -> Any:
     replicas = args.replica_dsn
     if replicas is None:
         replicas = config.replica_dsns()
-    return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes)
+    return Target.from_dsn(args.dsn, replicas, allow_writes=args.allow_writes, allow_plaintext=args.allow_plaintext)
 
 
 def _measuring_target(args: argparse.Namespace) -> Any:
@@ -350,6 +354,11 @@ def _print_status(nodes: list[Any], as_json: bool, kind: str, *, pooler: Any = N
          "-" if not n.cpu_budget else f"{n.cpu_budget['cpus']:g} ({n.cpu_budget['how']})")
         for n in nodes
     ]
+    if any(n.tls is not None for n in nodes):  # external targets: the TLS each connection got (pg_stat_ssl)
+        rows = [(*rows[0], "TLS")] + [(*r, "-" if n.tls is None else
+                                       f"{n.tls['version']} {n.tls['cipher']}" if n.tls["ssl"] else "off")
+                                      for r, n in zip(rows[1:], nodes, strict=True)]  # fmt: skip
+        header = rows[0]
     if any(n.upstream for n in nodes):  # cascading replicas: the replica each streams from
         rows = [(*rows[0], "UPSTREAM")] + [(*r, n.upstream or "-") for r, n in zip(rows[1:], nodes, strict=True)]
         header = rows[0]

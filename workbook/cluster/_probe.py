@@ -29,6 +29,9 @@ class NodeStatus:
     #: the CPU budget the node's processes really have, {"cpus": 0.5, "how": "cgroup"|"affinity"|"shared"};
     #: None: no budget (or the node is down, or it is not a local node)
     cpu_budget: dict[str, Any] | None = None
+    #: the TLS state of the workbook's connection, {"ssl": True, "version": "TLSv1.3", "cipher": ..., "bits": 256}
+    #: (pg_stat_ssl); None when not probed (local nodes)
+    tls: dict[str, Any] | None = None
     #: the replica a cascading replica streams from; None: from the primary (or not a replica)
     upstream: str | None = None
 
