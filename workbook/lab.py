@@ -94,6 +94,29 @@ class Lab:
         with self.target.connect() as conn:
             return explain_shape(conn, shape, variant, tier=tier)[0]
 
+    def explain_text(self, text: str, *, show: bool = True) -> Plan:
+        """A plan you bring (EXPLAIN text or JSON from production, psql-framed or an auto_explain log
+        entry), read into the same Plan as the workbook's own; in a notebook it also shows the plan
+        view, the findings and what ``advise`` can go on from. Needs no server."""
+        from .experiment import findings
+        from .experiment.plan_text import leads, read_plan
+
+        plan = read_plan(text)
+        if show and "ipykernel" in sys.modules:
+            from IPython.display import Markdown, display
+
+            from .ui import plan_view
+            from .ui import show as show_chart
+
+            show_chart(plan_view(plan))
+            lines = [f"- {n}" for n in plan.notes] + [f"- **{f.rule}**: {f.message} — try {f.knob}" for f in findings(plan)]
+            lead = leads(plan)
+            lines += [f"- reads `{r['relation']}`: {'; '.join(r['conditions']) or 'no condition'}" for r in lead["relations"]]
+            if lead["advise"]:
+                lines.append(f"- next: `{lead['advise']}`")
+            display(Markdown("\n".join(lines)))
+        return plan
+
     def compare(self, shape: str, treatment: Any, baseline: Any = None, **kwargs: Any) -> Comparison:
         """:func:`workbook.experiment.compare` on this lab's target, stored in its results
         (``repeats``, a maximum, defaults to the lab's; a comparison whose difference is beyond
@@ -151,15 +174,23 @@ class Lab:
 
     # ---- reports ---------------------------------------------------------------------------
     def report(self, path: str | os.PathLike[str], comparisons: list[Any] | None = None, *, title: str | None = None,
-               lessons: str | list[str] | None = None, progress: Any = None) -> Path:  # fmt: skip
+               lessons: str | list[str] | None = None, progress: Any = None,
+               plans: list[Any] | None = None) -> Path:  # fmt: skip
         """Write one self-contained HTML report.
 
         ``lessons`` (names, or ``"all"``): run those lessons and report them, as ``workbook report
-        --lessons`` does. Otherwise: the stored comparisons (all, or those given).
+        --lessons`` does. ``plans`` (Plans or pasted EXPLAIN text): a report of those plans.
+        Otherwise: the stored comparisons (all, or those given).
         """
         from .report import render_lessons, write_html, write_report
 
         dsns = [e.dsn for e in self.target.endpoints]
+        if plans is not None:  # plans you bring (Plan objects or pasted EXPLAIN text): their own report
+            from .experiment.plan_text import read_plan
+            from .report.pasted import render_plans
+
+            read = [p if not isinstance(p, str) else read_plan(p) for p in plans]
+            return write_html(render_plans(read, title=title or "Plans you brought", dsns=dsns), path)
         if lessons is not None:
             results = self.run_lessons(lessons, progress=progress)
             return write_html(render_lessons(results, title=title or "Database optimization report", dsns=dsns), path)
