@@ -30,7 +30,7 @@ def test_status_json_has_the_documented_shape(replicated: LocalCluster) -> None:
     doc = json.loads(res.stdout)
     assert [n["name"] for n in doc["nodes"]] == ["primary", "replica1", "replica2"]
     for n in doc["nodes"]:
-        assert set(n) == {"name", "role", "pid", "port", "state", "lag_bytes", "lag_seconds", "cpu_budget", "tls"}
+        assert set(n) == {"name", "role", "pid", "port", "state", "lag_bytes", "lag_seconds", "cpu_budget", "tls", "upstream"}
         assert n["cpu_budget"] is None, "no budget was asked for"
         assert n["role"] in ("primary", "replica")
         assert isinstance(n["pid"], int) and isinstance(n["port"], int)
