@@ -188,13 +188,15 @@ FRAMES = {
 }
 
 
-def _psql(cluster: LocalCluster, options: list[str], sql: str, variables: dict[str, str]) -> str:
+def _psql(cluster: LocalCluster, options: list[str], sql: str, variables: dict[str, str], *, terminal: bool = False) -> str:
+    """psql's output (``terminal``: its notices on stderr and results on stdout, as a terminal shows them)."""
     dsn = cluster.target().endpoints[0].dsn
     args = [str(cluster.bins.bindir / "psql"), "-X", "-d", dsn, *options]
     env = {"PGCONNECT_TIMEOUT": "10", "PATH": "/usr/bin:/bin"}
     for k, v in variables.items():
         args += ["-v", f"{k}={v}"]
-    out = subprocess.run(args, input=sql, capture_output=True, text=True, env=env, timeout=60, check=True)
+    out = subprocess.run(args, input=sql, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if terminal else subprocess.PIPE,
+                         text=True, env=env, timeout=60, check=True)  # fmt: skip
     return out.stdout
 
 
@@ -337,3 +339,58 @@ def test_lab_explain_text_and_the_report_section(conn: Any, lab: LocalCluster, t
     assert "<svg" in page and "CTE Scan on busy" in page and "auto_explain" in page and "format: text" in page
     path = wb.report(tmp_path / "r.html", plans=[text])
     assert path.exists() and "CTE Scan on busy" in path.read_text()
+
+
+def test_costs_off_timing_off_and_summary_off_read_too(conn: Any) -> None:
+    sql = "SELECT c.id, count(*) FROM ai_app.conversations c JOIN ai_app.messages m ON m.conversation_id = c.id WHERE c.id < 40 GROUP BY c.id"
+    for options in ("ANALYZE, COSTS OFF", "ANALYZE, TIMING OFF", "ANALYZE, SUMMARY OFF, BUFFERS OFF", "COSTS OFF"):
+        text = "\n".join(r[0] for r in conn.execute(f"EXPLAIN ({options}) {sql}").fetchall())
+        doc = conn.execute(f"EXPLAIN ({options}, FORMAT JSON) {sql}").fetchone()[0]
+        a, b = read_plan(text), read_plan(json.dumps(doc))
+        assert [(n.label, n.get("Plan Rows"), n.get("Actual Rows"), n.get("Actual Loops")) for n in a.nodes] == \
+            [(n.label, n.get("Plan Rows"), n.get("Actual Rows"), n.get("Actual Loops")) for n in b.nodes], options
+        if "TIMING OFF" in options:
+            assert a.analyzed and all(n.inclusive_ms is None for n in a.nodes) and a.nodes[0].actual_rows
+        if "SUMMARY OFF" in options:
+            assert any(n.startswith("no 'Execution Time' line") for n in a.notes)
+
+
+def test_older_servers_io_timing_lines_map_to_their_json_keys() -> None:
+    # PostgreSQL 13-14 print "read=", 15 "shared/local read=", 16+ "shared read=": JSON keys differ the same way
+    for line, keys in (("I/O Timings: read=1.250 write=0.500", {"I/O Read Time": 1.25, "I/O Write Time": 0.5}),
+                       ("I/O Timings: shared/local read=1.250, temp write=0.100", {"I/O Read Time": 1.25, "Temp I/O Write Time": 0.1}),
+                       ("I/O Timings: shared read=1.250, local write=0.100", {"Shared I/O Read Time": 1.25, "Local I/O Write Time": 0.1})):  # fmt: skip
+        plan = read_plan(f"Seq Scan on t  (cost=0.00..35.50 rows=2550 width=4) (actual time=0.010..2.000 rows=2550 loops=1)\n"
+                         f"  Buffers: shared read=12\n  {line}\nPlanning Time: 0.050 ms\nExecution Time: 2.100 ms")  # fmt: skip
+        assert {k: plan.root.get(k) for k in keys} == keys and plan.shared_read == 12
+
+
+def test_report_and_advise_take_a_plan_file(conn: Any, lab: LocalCluster, tmp_path: Path) -> None:
+    _, text_plan, text = both(conn, "SELECT id FROM ai_app.messages WHERE token_count = 417 AND role = 'user'")
+    f = tmp_path / "plan.log"
+    f.write_text("2026-11-30 05:00:00.000 UTC [42] " + text.replace("\n", "\n\t") + "\n")
+    base = [sys.executable, "-m", "workbook"]
+    out = subprocess.run([*base, "report", "--plan-file", str(f), "--out", str(tmp_path / "p.html")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "1 plan(s)" in out.stdout, out.stderr
+    assert "Seq Scan on messages" in (tmp_path / "p.html").read_text()
+    bare = tmp_path / "bare.txt"
+    bare.write_text(text.split("\n", 2)[2])  # the plan without its Query Text
+    no_query = subprocess.run([*base, "advise", "--plan-file", str(bare)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert no_query.returncode != 0 and no_query.stderr.count("\n") == 1, no_query.stderr
+    assert "holds no query text" in no_query.stderr and "messages (Filter: " in no_query.stderr
+    advised = subprocess.run([*base, "--home", str(lab.home), "advise", "--plan-file", str(f), "--repeats", "3",
+                              "--no-write-cost", "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert advised.returncode == 0, advised.stderr
+    doc = json.loads(advised.stdout)
+    assert "token_count" in json.dumps(doc) and "messages" in json.dumps(doc)
+
+
+def test_an_auto_explain_notice_in_a_psql_session_is_read_up_to_the_result(lab: LocalCluster) -> None:
+    session = _psql(lab, ["-q"], "LOAD 'auto_explain';\nSET auto_explain.log_min_duration = 0;\n"
+                    "SET auto_explain.log_analyze = on;\nSET client_min_messages = log;\n"
+                    "SELECT id FROM ai_app.messages WHERE token_count = 417 AND role = 'user' ORDER BY id LIMIT 3;\n", {},
+                    terminal=True)  # fmt: skip
+    plan = read_plan(session)  # the LOG notice, then the query's own result table
+    assert plan.analyzed and plan.sql.startswith("SELECT id FROM ai_app.messages WHERE token_count = 417")
+    assert [n.node_type for n in plan.nodes][0] == "Limit" and plan.execution_ms is not None

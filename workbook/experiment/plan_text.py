@@ -74,6 +74,8 @@ def read_plan(text: str) -> Plan:
         plan.raw["Execution Time"] = duration  # auto_explain's duration is the executor's time
     if not sql and isinstance(plan.raw.get("Query Text"), str):
         plan.sql = plan.raw["Query Text"]
+    if plan.root.get("Actual Loops") is not None and plan.execution_ms is None:
+        notes.append("no 'Execution Time' line: the paste may end early (or EXPLAIN ran with SUMMARY OFF)")
     if plan.root.get("Actual Loops") is None:
         notes.append(
             "estimates only (EXPLAIN without ANALYZE): rows are the planner's guesses and there are no times; "
@@ -145,8 +147,11 @@ def _auto_explain(lines: list[_Line]) -> tuple[list[_Line], str, float | None] |
             if not ln.text.startswith("\t"):
                 break
             body.append(_Line(ln.no, ln.text[1:]))
-        else:
-            if _NEW_ENTRY.match(ln.text):
+        else:  # a notice printed by a client: it ends where the log entry or the client's output does
+            if _NEW_ENTRY.match(ln.text) or not ln.text.strip() or _FOOTER.match(ln.text.strip()):
+                break
+            if re.fullmatch(r"[-+]+|[─┼]+", ln.text.strip()) and body:  # a result table's header follows the plan
+                body.pop()
                 break
             body.append(ln)
     sql, plan_lines = _query_text(body)
@@ -671,7 +676,7 @@ def _io_timings(value: str) -> dict[str, float]:
         kind = words[0] if words and "=" not in words[0] else ""
         for pair in words[1 if kind else 0:]:
             k, _, v = pair.partition("=")
-            prefix = f"{kind.capitalize()} I/O" if kind else "I/O"
+            prefix = f"{kind.capitalize()} I/O" if kind not in ("", "shared/local") else "I/O"  # 13-15 name them "I/O ..."
             out[f"{prefix} {k.capitalize()} Time"] = float(v)
     return out
 
@@ -781,3 +786,17 @@ def describe(plan: Plan) -> list[str]:
         out.append("next: the paste holds no query text; run `workbook advise --sql '<the query>'` with it to have "
                    "indexes proposed and measured on your target")  # fmt: skip
     return out
+
+
+def advise_query(plan: Plan) -> str:
+    """The query ``advise`` can measure from a plan you bring; refused in one line, with what the
+    plan still tells, when the paste did not hold it."""
+    query = query_of(plan)
+    if query:
+        return query
+    rels = leads(plan)["relations"]
+    told = "; ".join(f"{r['relation']}" + (f" ({', '.join(r['conditions'])})" if r["conditions"] else "") for r in rels)
+    raise PlanTextError(
+        "the plan holds no query text (auto_explain's 'Query Text:' or the statement psql echoed), so there is "
+        f"nothing to measure; it reads {told or 'no table'}: give the query with --sql"
+    )
