@@ -256,10 +256,16 @@ def _parser() -> argparse.ArgumentParser:
         help='print {"lessons": {NAME: {"figures": {...}, "seconds": S}}, "out": PATH} on stdout',
     )
     rp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    rp.add_argument("--plan-file", action="append", default=[], metavar="FILE|-",
+                    help="report plans you bring (EXPLAIN text or JSON, repeatable) instead of running the lessons; "
+                         "needs no server")  # fmt: skip
 
     ad = command("advise", "propose indexes for a query and verify each by a what-if measurement")
     ad_what = ad.add_mutually_exclusive_group(required=True)
     ad_what.add_argument("--sql", help="the query (literal values or $1 ...; it is executed, rolled back)")
+    ad_what.add_argument("--plan-file", metavar="FILE|-",
+                         help="a plan you bring (EXPLAIN text or JSON): advise on the query it holds (auto_explain's "
+                              "Query Text, or the statement psql echoed)")  # fmt: skip
     ad_what.add_argument("--from-stats", action="store_true",
                          help="advise pg_stat_statements' top statements together (one index serving several counts once)")
     ad.add_argument("--top", type=int, default=5, metavar="N", help="with --from-stats: how many statements (default 5)")
@@ -803,13 +809,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_plan_file(args: argparse.Namespace) -> int:
     """``explain --plan-file``: a pasted plan read offline, shown as a shape's plan is."""
     from .experiment import findings
-    from .experiment.plan_text import describe, leads, read_plan
+    from .experiment.plan_text import describe, leads
 
-    try:
-        text = sys.stdin.read() if args.plan_file == "-" else Path(args.plan_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkbookError(f"cannot read --plan-file {args.plan_file!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    plan = read_plan(text)
+    plan = _read_plan_file(args.plan_file)
     found = findings(plan)
     if args.json:
         frame = plan.frame()
@@ -825,6 +827,17 @@ def _explain_plan_file(args: argparse.Namespace) -> int:
     for f in found:
         print(f"finding [{f.rule}]: {f.message}\n    try: {f.knob}")
     return 0
+
+
+def _read_plan_file(name: str) -> Any:
+    """A plan you bring, from a file or stdin (``-``)."""
+    from .experiment.plan_text import read_plan
+
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkbookError(f"cannot read --plan-file {name!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return read_plan(text)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -877,6 +890,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .lab import main_job
     from .lessons import chosen
 
+    if args.plan_file:  # plans you bring: their report, no server
+        from .report import write_html
+        from .report.pasted import render_plans
+
+        _writable_file(Path(args.out))
+        plans = [_read_plan_file(f) for f in args.plan_file]
+        print(f"wrote {write_html(render_plans(plans), args.out)} ({len(plans)} plan(s))")
+        return 0
     scale = config.default_scale() if args.scale is None else args.scale
     Generator(42, scale)  # a bad scale is refused before anything starts
     if args.repeats < 2:
@@ -900,6 +921,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from .experiment import advise
 
+    if args.plan_file is not None:  # the query a plan you bring holds (refused before any server is touched)
+        from .experiment.plan_text import advise_query
+
+        args.sql = advise_query(_read_plan_file(args.plan_file))
     target = _measuring_target(args)
     if args.from_stats:
         return _advise_from_stats(target, args)
