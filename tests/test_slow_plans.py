@@ -215,3 +215,30 @@ def test_bench_captures_and_slow_plans_lists_them(lab: LocalCluster, target: Tar
     assert shown.returncode == 0 and first["plan_summary"].split(" > ")[0] in shown.stdout, shown.stdout
     bad = run_cli("slow-plans", "--plan", "nosuchid", env=env)
     assert bad.returncode != 0 and "no stored slow plan" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_report_shows_the_latest_capture_with_the_plan_view(captured: Any, lab: LocalCluster) -> None:
+    from workbook.report.html import _observability
+
+    store = captured[1]
+    text = _observability({"slow_plans": store.slow_plans(latest=True)})
+    part = text[text.index("Slow statements' plans (auto_explain)"):]
+    assert "conversation_latest_messages" in part and "Seq Scan on messages" in part
+    assert "removed by filter" in part and part.count("<svg") >= 1, "the slowest plan drawn with the plan view"
+    assert lab.password_file.read_text().strip() not in text
+    empty = _observability({"slow_plans": store.slow_plans(capture_id="none")})
+    assert "No plan captured" in empty
+
+
+def test_replicas_have_auto_explain_too_and_their_logs_are_read(replicated: LocalCluster) -> None:
+    target = replicated.target()
+    with capture_slow_plans(target, threshold_ms=0) as cap:
+        replicated.wait_caught_up()  # the database's settings reach the replicas through the catalog's WAL
+        with target.connect("replica1") as conn:
+            conn.execute("SELECT count(*) FROM generate_series(1, 50000) g WHERE g % 7 = 0")
+    assert cap.ran and cap.nodes == ["primary", "replica1", "replica2"], cap.summary()
+    on_replica = [p for p in cap.plans if p.node == "replica1" and "generate_series" in p.query]
+    assert len(on_replica) == 1 and "Function Scan" in on_replica[0].plan.summary()
+    replicated.wait_caught_up()
+    with target.connect("replica1") as conn:
+        assert conn.execute("SHOW session_preload_libraries").fetchone()[0] == ""  # type: ignore[index]

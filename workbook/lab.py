@@ -305,6 +305,7 @@ def main_job(
     results = [lesson.run(lab, progress=say) for lesson in picked]
     phases["lessons"] = time.perf_counter() - t2
     observed = _observed(lab.target)
+    observed["slow_plans"] = lab.store.slow_plans(latest=True)  # auto_explain's latest capture, if any
     t3 = time.perf_counter()
     text = render_lessons(results, dsns=[e.dsn for e in lab.target.endpoints], timings=phases, observed=observed)
     path = write_html(text, out)

@@ -386,7 +386,11 @@ def describe_stored(frame: pd.DataFrame, limit: int = 10) -> tuple[str, dict[str
     if not rows:
         return ("no slow plans stored yet; capture some: workbook bench --mix read --slow-plans 50 "
                 "(or the observability lesson's slow_plans step)"), doc  # fmt: skip
-    lines = [f"{len(frame)} statements over their threshold ({rows[0]['threshold_ms']:g} ms), slowest first:"]
+    counts = frame.fillna({"shape": "(not a catalog shape)"}).groupby("shape")["duration_ms"].agg(["size", "max"])
+    lines = [f"{len(frame)} statements over their threshold ({rows[0]['threshold_ms']:g} ms), by query shape:"]
+    lines += [f"  {shape}: {int(r['size'])}, slowest {float(r['max']):,.1f} ms"
+              for shape, r in counts.sort_values("max", ascending=False).iterrows()]  # fmt: skip
+    lines.append("the slowest:")
     for r in rows:
         when = r["captured_at"].strftime("%Y-%m-%d %H:%M:%S") if r["captured_at"] is not None else "?"
         lines.append(f"{r['duration_ms']:>10,.1f} ms  {when}  {r['node']}  {r['shape'] or '(not a catalog shape)'}"

@@ -12,6 +12,12 @@ preloaded and never read) and a retry storm that burned $20,000 in 48 hours. The
    tuples and autovacuum lag; the lesson's indexes are dropped after it.
 3. **Advice for the workload** — ``advise_from_stats``: the top statements (with ``$n``) advised
    together, each candidate verified with a what-if index.
+3b. **Slow statements' plans** — the same workload again, now without the lesson's indexes, with
+   ``auto_explain`` logging the plan of every statement slower than :data:`SLOW_MS` (``log_analyze``,
+   timing off, buffers); the plans are read back from the server log, mapped to their shapes and
+   stored (``slow_plans`` in the results store); then what auto_explain's instrumentation costs,
+   interleaved, on a point lookup and an aggregate (:func:`workbook.experiment.slow_plans.overhead`).
+   It runs after the advice, which reads ``pg_stat_statements``: its statements would count there.
 4. **Locks, live** — a session holds a row lock, two more queue behind it; the blocking tree
    (``pg_blocking_pids``) and wait events sampled over time; each waiter's ``lock_timeout`` ends its
    wait, measured.
@@ -26,12 +32,11 @@ preloaded and never read) and a retry storm that burned $20,000 in 48 hours. The
    and session seconds burned, in dollars at :data:`PRICE_PER_VCPU_HOUR`.
 8. **Put back** — roles, indexes and the scratch schema dropped; the dataset reset (the chat mix writes).
 
-auto_explain is not used (skipped): the plans of the top statements are shown by the advice step.
-
 Figures: ``top_statements`` (count of statements listed), ``unused_indexes`` (list of names),
 ``cache_hit_ratio``, ``runaway`` {``chat_p95_ms_without``, ``chat_p95_ms_with``,
 ``errors_without``, ``errors_with``}, ``budget_refused``, ``retry_amplification`` {``immediate``,
-``backoff_jitter``, ``circuit_breaker``}.
+``backoff_jitter``, ``circuit_breaker``}, ``slow_plans`` (count of workload statements whose plan
+auto_explain captured; None when it could not run on this target).
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ LESSON_INDEXES = (
 #: the read workload whose statements the server counts
 WORKLOAD = {"conversation_latest_messages": 6, "api_key_lookup": 3, "usage_per_org_per_day": 1}
 WORKLOAD_SECONDS = 2.0
+#: auto_explain's threshold in the slow-plans step: an open of a conversation without its index
+#: (a sequential scan of messages, ~30 ms at scale 0.05) is slower, an API-key lookup (~0.05 ms) is not
+SLOW_MS = 10.0
+SLOW_SECONDS = 1.5
 LOAD_SECONDS = 2.5
 APP_TIMEOUT_MS, ANALYTICS_TIMEOUT_MS = 500, 250
 RUNAWAY_SQL = (
@@ -169,6 +178,35 @@ def workload_advice(lab: Lab) -> Any:
     from ..experiment.workload import advise_from_stats
 
     return advise_from_stats(lab.target, top=3, repeats=5)
+
+
+# ---- 3b. slow statements' plans ---------------------------------------------------------------------
+def slow_plans(lab: Lab) -> dict[str, Any]:
+    """The observed workload again, the lesson's indexes gone, with auto_explain on; what auto_explain costs."""
+    from ..experiment.slow_plans import capture_slow_plans, overhead
+    from ..traffic import Mix, run_load
+
+    target = lab.target
+    with capture_slow_plans(target, threshold_ms=SLOW_MS, store=lab.store, source="lesson:observability") as cap:
+        run_load(target, Mix("observed", WORKLOAD), clients=2, duration_s=SLOW_SECONDS, driver="pgbench",
+                 protect_dataset=False, monitor=False)  # fmt: skip
+    out: dict[str, Any] = {"capture": cap.summary()}
+    if not cap.ran:
+        return out
+    plans = cap.frame()
+    out["by_shape"] = (plans.fillna({"shape": "(not a catalog shape)"}).groupby("shape", as_index=False)
+                       .agg(statements=("duration_ms", "size"), max_ms=("duration_ms", "max"),
+                            plan=("plan_summary", "first")).sort_values("max_ms", ascending=False))  # fmt: skip
+    slowest = cap.slowest()
+    if slowest is not None:
+        out["slowest plan"] = slowest.plan
+    with target.connect() as conn:
+        key = conn.execute("SELECT min(id) FROM ai_app.api_keys").fetchone()[0]  # type: ignore[index]
+    out["overhead"] = overhead(target, {
+        "api-key lookup (primary key)": f"SELECT id, org_id, revoked_at FROM ai_app.api_keys WHERE id = {int(key or 0)}",
+        "usage per model (scan + aggregate)": "SELECT model, count(*), sum(prompt_tokens) FROM ai_app.usage_events GROUP BY 1",
+    })  # fmt: skip
+    return out
 
 
 # ---- 4. locks -------------------------------------------------------------------------------------
@@ -579,6 +617,7 @@ def figures(outputs: dict[str, Any]) -> dict[str, Any]:
         },
         "budget_refused": int(outputs["token_budgets"]["refused"]),
         "retry_amplification": {p: float(storm.loc[p, "amplification"]) for p in ("immediate", "backoff_jitter", "circuit_breaker")},
+        "slow_plans": outputs["slow_plans"]["capture"]["workload_statements"] if outputs["slow_plans"]["capture"]["ran"] else None,
     }  # fmt: skip
 
 
@@ -597,6 +636,10 @@ LESSON = Lesson(
              "Unused and overlapping indexes, cache hit ratio, pg_stat_io, dead tuples and autovacuum lag.", health_check),
         Step("workload_advice", "Advice for the workload",
              "The top statements, parameters and all, advised together and verified with what-if indexes.", workload_advice),
+        Step("slow_plans", "Slow statements' plans (auto_explain)",
+             "The workload again without the lesson's indexes: auto_explain logs the plan of every statement slower than "
+             f"{SLOW_MS:g} ms; the plans read back from the server log, mapped to their shapes, stored; what it costs.",
+             slow_plans),
         Step("locks_live", "Locks, live",
              "One session holds a row lock; two queue behind it until their lock_timeout ends the wait.", locks_live),
         Step("runaway_query", "A runaway query and session timeouts",
@@ -613,6 +656,7 @@ LESSON = Lesson(
     figures=figures,
     references=(
         ("pg_stat_statements", "https://www.postgresql.org/docs/current/pgstatstatements.html"),
+        ("auto_explain", "https://www.postgresql.org/docs/current/auto-explain.html"),
         ("The Cumulative Statistics System", "https://www.postgresql.org/docs/current/monitoring-stats.html"),
         ("Viewing Locks", "https://www.postgresql.org/docs/current/view-pg-locks.html"),
         ("Client Connection Defaults (statement_timeout, lock_timeout ...)",

@@ -290,6 +290,10 @@ def _observability(seen: dict[str, Any]) -> str:
                      + "".join(f"<tr><th>setting {html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                                for k, v in (h.get("settings") or {}).items())
                      + "</table>")  # fmt: skip
+    if "slow_plans" in seen:  # auto_explain's captured plans (workbook/report/slow_plans.py)
+        from .slow_plans import slow_plans_section
+
+        parts.append(slow_plans_section(seen["slow_plans"]))
     parts.append("</section>")
     return "".join(parts)
 

@@ -314,6 +314,7 @@ class ResultsStore:
             sql = (f"SELECT * FROM slow_plans {'WHERE ' + ' AND '.join(where) if where else ''} "
                    f"ORDER BY duration_ms DESC, plan_id {f'LIMIT {int(limit)}' if limit else ''}")  # fmt: skip
             df = con.sql(sql, params=params or None).to_arrow_table().to_pandas()
+        df = df.astype(object).where(df.notna(), None)  # a missing shape or pid is None, not NaN
         df["plan"] = df["plan"].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
 
