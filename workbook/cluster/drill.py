@@ -26,6 +26,7 @@ the working database).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -34,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -41,6 +43,7 @@ from psycopg import sql
 from ..errors import ClusterError
 from . import _procs
 from ._probe import parse_lsn
+from ._wait import wait_until
 
 if TYPE_CHECKING:
     from ._local import LocalCluster
@@ -160,9 +163,7 @@ def failover_drill(
                 "start two with 'workbook up --replicas 2'"
             )
         sync_before = cluster.sync_commit()
-        old_pids = cluster.pids().get(primary.name, [])
-        _make_table(cluster)
-        cluster.wait_caught_up(timeout=30)
+        _make_table(cluster, candidates)
         run = _Writers(cluster.dsn(), writers, on_acknowledged)
         frozen: list[int] = []
         killed = False
@@ -173,7 +174,9 @@ def failover_drill(
             run.start()
             run.wait_started(timeout=30)
             time.sleep(duration_s - behind)
-            frozen = _freeze_wal_senders(cluster)
+            old_root = cluster._bare_node(primary.name).root
+            old_pids = [p.pid for p in _procs.processes_in(old_root / "data")]  # the writers' backends too
+            _freeze_wal_senders(cluster, frozen)
             acked_at_freeze = run.acknowledged_count()
             time.sleep(behind)
             t_kill = _kill_primary(cluster, primary.name, frozen)
@@ -187,25 +190,26 @@ def failover_drill(
             run.join(timeout=30)
         finally:
             run.stop()
-            if not killed:
+            if not killed:  # nothing may stay stopped, and the sync mode goes back (releasing blocked commits)
                 for pid in frozen:
                     _signal(pid, signal.SIGCONT)
-                run.join(timeout=30)
                 if cluster.sync_commit() != sync_before:
                     cluster.set_sync_commit(sync_before["mode"], max(1, sync_before.get("standbys") or 1))
+                with contextlib.suppress(ClusterError):  # the error that got us here is the one to report
+                    run.join(timeout=30)
         failover = cluster.last_failover
         acknowledged = run.acknowledged()  # also those answered after the kill: the client saw COMMIT succeed
         with psycopg.connect(cluster.dsn(promoted), autocommit=True, connect_timeout=5) as conn:
             present = _present(conn, acknowledged)
             kept = _present(conn, run.in_doubt())
         lost_ids = sorted(set(acknowledged) - present)
+        left = _left_behind(old_root, old_pids)  # before heal: a new replica may get the old primary's name
+        if left:
+            raise ClusterError(f"processes {left} of the killed primary {primary.name!r} are still running")
         if heal:
             cluster.up(replicas=len(replicas))
         if cluster.sync_commit()["mode"] != "async":
             cluster.set_sync_commit("async")
-        left = [p for p in old_pids if _procs.alive(p)]
-        if left:
-            raise ClusterError(f"processes {left} of the killed primary {primary.name!r} are still running")
         replicas_after = len([n for n in cluster.status() if n.role == "replica"])
     return FailoverDrill(
         sync=sync, writers=writers, duration_s=float(duration_s), acknowledged=len(acknowledged),
@@ -229,7 +233,8 @@ def _how_behind(sync: str, senders: int, behind: float) -> str:
     )
 
 
-def _make_table(cluster: LocalCluster) -> None:
+def _make_table(cluster: LocalCluster, replicas: list[str]) -> None:
+    """The drill table, new; returns once ``replicas`` have received it (replay may be paused)."""
     import psycopg
 
     schema = sql.Identifier(SCHEMA)
@@ -239,6 +244,16 @@ def _make_table(cluster: LocalCluster) -> None:
         conn.execute(sql.SQL(
             "CREATE TABLE {} (id bigint PRIMARY KEY, writer int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
         ).format(sql.Identifier(SCHEMA, TABLE)))  # fmt: skip
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    made = parse_lsn(row[0] if row else None) or 0
+    for name in replicas:
+
+        def received(name: str = name) -> bool:
+            with psycopg.connect(cluster.dsn(name), autocommit=True, connect_timeout=2) as c:
+                got = c.execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
+            return (parse_lsn(got[0] if got else None) or 0) >= made
+
+        wait_until(received, timeout=30, what=f"replica {name!r} to receive the drill table")
 
 
 def _insert() -> sql.Composed:
@@ -259,20 +274,18 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _freeze_wal_senders(cluster: LocalCluster) -> list[int]:
-    """SIGSTOP every WAL sender of the primary; their pids."""
+def _freeze_wal_senders(cluster: LocalCluster, frozen: list[int]) -> None:
+    """SIGSTOP every WAL sender of the primary, each pid added to ``frozen`` as it stops."""
     import psycopg
 
     with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=5) as conn:
         pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
-    frozen: list[int] = []
-    try:
-        for pid in pids:
+    for pid in pids:
+        try:
             os.kill(pid, signal.SIGSTOP)
-            frozen.append(pid)
-    except ProcessLookupError:
-        pass
-    return frozen
+        except ProcessLookupError:
+            continue
+        frozen.append(pid)
 
 
 def _kill_primary(cluster: LocalCluster, name: str, frozen: list[int]) -> float:
@@ -285,6 +298,19 @@ def _kill_primary(cluster: LocalCluster, name: str, frozen: list[int]) -> float:
     for p in frozen:  # killed while stopped: they never send what they hold
         _signal(p, signal.SIGKILL)
     return t_kill
+
+
+def _left_behind(root: Path, known: list[int]) -> list[int]:
+    """Processes of a killed node still alive: those known before the kill, and any whose working
+    directory is (or was, before it was deleted) under the node's folder."""
+    import psutil
+
+    left = {p for p in known if _procs.alive(p)}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.cwd().startswith(str(root) + os.sep) and proc.status() != psutil.STATUS_ZOMBIE:
+                left.add(proc.pid)
+    return sorted(left)
 
 
 def _most_advanced(cluster: LocalCluster, names: list[str]) -> str:
