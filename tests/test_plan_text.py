@@ -184,6 +184,7 @@ FRAMES = {
     "wrapped_border0": ["-P", "format=wrapped", "-P", "columns=50", "-P", "border=0"],
     "wrapped_unicode_border2": ["-P", "format=wrapped", "-P", "columns=45", "-P", "linestyle=unicode", "-P", "border=2"],
     "expanded": ["-x"],
+    "csv": ["-P", "format=csv"],
     "tuples_only": ["-t"],
 }
 
@@ -212,6 +213,12 @@ def test_psql_frames_and_wrapped_lines_read_to_the_same_plan(conn: Any, lab: Loc
         assert_same(text_plan, read_plan(framed), f"text in psql {name}")
         framed_json = _psql(lab, options, show_json, {"plan": plan.to_json() if name != "aligned" else json.dumps([plan.raw], indent=2)})
         assert_same(plan, read_plan(framed_json), f"JSON in psql {name}")
+    # a GUI client's copy: every row a quoted CSV field (pgAdmin, DBeaver), here from COPY ... FORCE_QUOTE
+    quoted = _psql(lab, [], "COPY (SELECT line AS \"QUERY PLAN\" FROM unnest(string_to_array(:'plan', E'\\n')) AS line)"
+                   " TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE *);", {"plan": body})  # fmt: skip
+    assert all(ln.startswith('"') for ln in quoted.splitlines()[1:]) and quoted.splitlines()[0] == "QUERY PLAN"
+    assert_same(text_plan, read_plan(quoted), "quoted CSV rows")
+    assert_same(text_plan, read_plan(quoted.split("\n", 1)[1]), "quoted CSV rows without their header")
     # and a real EXPLAIN typed at psql's prompt (another execution: same tree, rows and loops)
     typed = _psql(lab, ["-e", "-P", "format=wrapped", "-P", "columns=70"],
                   "EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM ai_app.conversations WHERE id <= 30;", {})  # fmt: skip

@@ -59,7 +59,7 @@ def read_plan(text: str) -> Plan:
         lines, sql, duration = logged
         notes.append("read from an auto_explain log entry" + (f" ({duration:g} ms)" if duration is not None else ""))
     else:
-        lines, sql = _unframe(lines)
+        lines, sql = _unframe(_unquote_rows(lines))
     lines = _trim(lines)
     if not lines:
         raise PlanTextError("no plan lines found after removing psql's header and footer")
@@ -214,6 +214,34 @@ def _unframe(lines: list[_Line]) -> tuple[list[_Line], str]:
                 f"is the last one read: {last.text.strip()[:80]!r}"
             )
     return out, sql
+
+
+def _unquote_rows(lines: list[_Line]) -> list[_Line]:
+    """Rows copied as CSV (psql --csv, pgAdmin, DBeaver): fields with commas, quotes or newlines quoted."""
+    body = [ln for ln in lines if ln.text.strip()]
+    if not body:
+        return lines
+    head = 1 if body[0].text in ("QUERY PLAN", '"QUERY PLAN"') else 0  # flush left: not an aligned frame
+    rows = body[head:]
+    if not rows or rows[0].text.lstrip().startswith(("[", "{", "-", "─")):
+        return lines  # JSON (its lines start with quotes) or a frame's rule: not CSV
+    if head == 0 and not rows[0].text.startswith('"'):
+        return lines
+    if not any(ln.text.lstrip().startswith('"') for ln in rows):
+        return lines
+    import csv
+
+    first = lines.index(rows[0])
+    reader = csv.reader([ln.text for ln in lines[first:]])
+    out: list[_Line] = []
+    try:
+        for record in reader:
+            no = lines[first].no + reader.line_num - 1
+            for k, part in enumerate("\n".join(record).split("\n")):
+                out.append(_Line(no + k, part))
+    except csv.Error:
+        return lines
+    return out
 
 
 def _explained_sql(typed: str) -> str:
