@@ -24,7 +24,7 @@ from workbook.cluster import LocalCluster
 from workbook.dataset import load_shapes
 from workbook.experiment import explain, findings
 from workbook.experiment.plan import Plan
-from workbook.experiment.plan_text import PlanTextError, read_plan
+from workbook.experiment.plan_text import PlanTextError, describe, read_plan
 
 from .conftest import REPO
 from .test_experiment_plans import pg15  # noqa: F401  (the module-scoped PostgreSQL 15 cluster fixture)
@@ -258,6 +258,9 @@ def test_estimates_only_plan_says_what_it_can(conn: Any) -> None:
     assert any(n.startswith("estimates only") for n in plan.notes)
     assert plan.scans() and plan.scans()[0][1] == "messages" and plan.total_cost > 0
     assert all(n.actual_rows is None and n.exclusive_ms is None for n in plan.nodes) and findings(plan) == []
+    said = "\n".join(describe(plan))
+    assert "estimates only" in said and "the planner expects most of the cost in Seq Scan on messages" in said
+    assert "Filter: (conversation_id = 7)" in said
 
 
 BAD = {

@@ -785,6 +785,12 @@ def leads(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _self_cost(node: Any) -> float:
+    """A node's total cost minus its inputs' (an estimate's counterpart of exclusive time)."""
+    kids = sum(float(c.get("Total Cost", 0) or 0) for c in node.children if c.get("Parent Relationship") not in ("InitPlan", "SubPlan"))
+    return max(float(node.get("Total Cost", 0) or 0) - kids, 0.0)
+
+
 def describe(plan: Plan) -> list[str]:
     """The command line's lines for a pasted plan: notes, nodes with self time and misestimates,
     relations with their conditions, and what to run next."""
@@ -803,7 +809,12 @@ def describe(plan: Plan) -> list[str]:
         elif "Actual Loops" in n.raw:
             out.append(f"{'  ' * n.depth}-> {n.label}  [never executed]")
         else:
-            out.append(f"{'  ' * n.depth}-> {n.label}  [cost {float(n.get('Total Cost', 0)):,.2f}, rows est {n.estimated_rows:,.0f}]")
+            out.append(f"{'  ' * n.depth}-> {n.label}  [cost {float(n.get('Total Cost', 0)):,.2f}, "
+                       f"self {_self_cost(n):,.2f}, rows est {n.estimated_rows:,.0f}]")  # fmt: skip
+    if not plan.analyzed and plan.total_cost > 0:
+        top = max(plan.nodes, key=_self_cost)
+        out.append(f"the planner expects most of the cost in {top.label} "
+                   f"({_self_cost(top) / plan.total_cost:.0%} of {plan.total_cost:,.2f})")  # fmt: skip
     lead = leads(plan)
     for r in lead["relations"]:
         out.append(f"reads {r['relation']} ({', '.join(dict.fromkeys(r['nodes']))})"
