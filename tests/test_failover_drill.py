@@ -77,7 +77,7 @@ def test_async_drill_loses_acknowledged_writes_and_counts_them_exactly(two_repli
     assert d.acknowledged == len(ledger) > 0
     assert d.lost == len(missing) > 0, "the frozen WAL senders should have cost acknowledged writes"
     assert set(d.lost_ids) <= missing and len(d.lost_ids) == min(50, len(missing))
-    assert d.lost <= d.acknowledged_while_frozen, "only writes acknowledged after the freeze can be lost"
+    assert d.acknowledged_while_frozen > 0, "the writers kept being acknowledged while the senders were frozen"
     assert d.old_primary == old and d.promoted != old and c.target().primary.name == d.promoted
     assert d.clean_shutdown is False, "a kill -9 is not a clean shutdown"
     assert d.behind_bytes is not None and d.behind_bytes > 0

@@ -69,10 +69,11 @@ RTO_TIMEOUT_S = 120.0
 class FailoverDrill:
     """What one drill measured.
 
-    ``acknowledged``: inserts whose commit returned to the client before the kill; ``lost``: those
-    the new primary does not have (``lost_ids`` lists up to 50 of them); ``in_doubt``: inserts cut
-    off by the kill (sent, never answered: they may or may not exist), ``in_doubt_kept`` of them
-    exist on the new primary. ``rto_s``: seconds from the kill to the first accepted write on the
+    ``acknowledged``: inserts whose commit returned to the client (``acknowledged_while_frozen`` of
+    them after the WAL senders were frozen; a few acknowledged just before can be lost too, their
+    WAL not sent yet); ``lost``: those the new primary does not have (``lost_ids`` lists up to 50
+    of them, lowest first); ``in_doubt``: inserts cut off by the kill (sent, never answered: they
+    may or may not exist), ``in_doubt_kept`` of them exist on the new primary. ``rto_s``: seconds from the kill to the first accepted write on the
     new primary. ``behind_bytes``: WAL on the old primary's disk that the promoted replica had not
     received (from ``pg_waldump``; None: unknown). ``how_behind`` says how the replicas were made
     to fall behind.
