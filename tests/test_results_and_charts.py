@@ -121,3 +121,27 @@ def test_cli_bad_input_is_one_clear_line(lab: LocalCluster, args: list[str], mes
     r = run_cli("--home", str(lab.home), *args)
     assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_tables_show_units_and_sensible_decimals(lab: LocalCluster) -> None:
+    import pandas as pd
+
+    from workbook.lab import attach_lab
+    from workbook.ui.tables import Table, table
+
+    raw = pd.DataFrame([{"index": "messages_conversation_id", "size_bytes": 1245184, "build_seconds": 0.0412,
+                         "write_cost": 1.0432, "median_ms": 5.4, "rows": 123456, "shared_hit": 2681,
+                         "cache_hit_ratio": 0.99731, "missing": None}])  # fmt: skip
+    shown = table(raw)._repr_html_()
+    for text in ("1,216 kB", "0.041 s", "1.04×", "5.40 ms", "123,456", "2,681", "99.7%", "<td style='text-align: right'>–</td>"):
+        assert text in shown, text
+    assert "5.400000" not in shown and "<th>index</th>" in shown and ">0<" not in shown, "no index column, no raw floats"
+    picked = table(raw)[["index", "median_ms"]]
+    assert isinstance(picked, Table) and picked["median_ms"].sum() == 5.4, "the data stay numbers"
+    wb = attach_lab(home=lab.home)
+    tables = wb.tables()
+    assert isinstance(tables, Table) and "dataset_info" not in set(tables["table"]), "internal tables are hidden"
+    assert " kB" in tables._repr_html_() or " MB" in tables._repr_html_()
+    with lab.target().connect() as conn:
+        plan = explain(conn, "SELECT count(*) FROM ai_app.messages")
+    assert isinstance(plan.frame(), Table) and " ms</td>" in plan.frame()._repr_html_()

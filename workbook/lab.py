@@ -58,10 +58,11 @@ class Lab:
         return indexes_for(shape)
 
     def tables(self) -> Any:
-        """Rows and on-disk size of each table of the dataset (a DataFrame)."""
+        """Rows and on-disk size of each table of the dataset (a DataFrame, shown with units)."""
         from .dataset import table_sizes
+        from .ui.tables import table
 
-        return table_sizes(self.target)
+        return table(table_sizes(self.target))
 
     def ensure_dataset(self, scale: float | None = None, seed: int = 42, progress: Any = True) -> DatasetInfo:
         """The loaded dataset; loads it (at ``scale``, default ``WORKBOOK_SCALE``) if there is none."""

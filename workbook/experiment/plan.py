@@ -299,8 +299,10 @@ class Plan:
         return " > ".join(n.label for n in self.nodes if n.parent is None or n.node_type != "Result")[:400]
 
     def frame(self) -> pd.DataFrame:
-        """One row per node, in depth-first order."""
+        """One row per node, in depth-first order (shown with units in a notebook: workbook.ui.tables)."""
         import pandas as pd
+
+        from ..ui.tables import table
 
         rows = []
         for n in self.nodes:
@@ -339,7 +341,7 @@ class Plan:
                     "sort_key": ", ".join(r.get("Sort Key") or []) or None,
                 }
             )
-        return pd.DataFrame(rows)
+        return table(pd.DataFrame(rows))
 
     def to_json(self) -> str:
         return json.dumps(self.raw)

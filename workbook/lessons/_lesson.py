@@ -83,10 +83,13 @@ class LessonRun:
 
     def step(self, name: str) -> Any:
         """Run the step ``name`` (again, if it ran before) and return what it measured."""
+        from ..ui.tables import tables_in
+
         s = self.lesson.step(name)
         t0 = time.perf_counter()
         out = s.run(self.lab)
         self.seconds[name] = time.perf_counter() - t0
+        out = tables_in(out)  # its frames show with units and sensible decimals in a notebook
         self.outputs[name] = out
         return out
 

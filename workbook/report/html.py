@@ -22,6 +22,7 @@ from ..experiment.findings import MISESTIMATE_FACTOR
 from ..experiment.plan import Plan
 from ..experiment.runs import Comparison, Run
 from ..results.store import ResultsStore
+from ..ui.tables import cell, frame_html
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -164,7 +165,7 @@ def recommendations(comps: list[Comparison]) -> dict[str, tuple[bool, str]]:
 
 
 def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -> str:
-    from ..ui.charts import before_after_spec, latency_distribution_spec, plan_view_spec
+    from ..ui.charts import comparison_spec, plan_svg
 
     b, t = c.baseline, c.treatment
     kind = c.verdict.kind
@@ -175,15 +176,17 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
         f"{len(t.samples_ms)} {'interleaved' if c.interleaved else 'sequential'} repetitions{html.escape(c.stopped_note)}; "
         f"cache {html.escape(t.cache)}; "
         f"{html.escape(t.tier)} tenant, variant {html.escape(b.variant)} → {html.escape(t.variant)}</p>",
-        f"<div class='charts'>{_svg(before_after_spec(c))}{_svg(latency_distribution_spec(c))}</div>",
+        f"<div class='charts'>{_svg(comparison_spec(c))}</div>",
     ]
     for name, run in (("before", b), ("after", t)):
         if run.plan is not None:
             parts.append(f"<h3>plan {name}: <code>{html.escape(run.plan.summary())}</code></h3>{_plan_table(run.plan)}")
     if b.plan is not None and t.plan is not None and c.plan_changed:
         parts.append(_plan_diff(b.plan, t.plan))
-    if t.plan is not None:
-        parts.append(_svg(plan_view_spec(t.plan, title="plan after (width = time, colour = misestimate)")))
+    for name, run in (("before", b), ("after", t)):  # both: what the change removed is as telling as what it added
+        if run.plan is not None:
+            took = f"{run.plan.execution_ms:.3f} ms executed" if run.plan.analyzed else f"cost {run.plan.total_cost:,.0f}"
+            parts.append(plan_svg(run.plan, title=f"plan {name}: {took}"))
     found = [("before", f) for f in b.findings] + [("after", f) for f in t.findings]
     if found:
         parts.append("<h3>findings</h3><ul>" + "".join(
@@ -250,7 +253,7 @@ def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[
     if isinstance(value, Plan):
         return f"{head}<p><code>{html.escape(value.summary())}</code></p>{_plan_table(value)}"
     if isinstance(value, pd.DataFrame):
-        return head + value.to_html(index=False, border=0, float_format=lambda x: f"{x:,.4g}")
+        return head + frame_html(value)
     return f"{head}<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
 
 
@@ -279,7 +282,7 @@ def _observability(seen: dict[str, Any]) -> str:
     if top is not None and len(top):
         shown = top.assign(query=top["query"].map(lambda q: " ".join(str(q).split())[:120]))
         parts.append("<h2>Top statements by total time (pg_stat_statements)</h2>"
-                     + shown.drop(columns=["queryid"]).to_html(index=False, border=0, float_format=lambda x: f"{x:,.4g}"))  # fmt: skip
+                     + frame_html(shown.drop(columns=["queryid"])))  # fmt: skip
     h = seen.get("health") or {}
     if h:
         ratio = h.get("cache_hit_ratio")
@@ -318,7 +321,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     counter = [0]
     sections = []
     for r in results:
-        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(str(v))}</td></tr>"
+        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(cell(k.rsplit('.', 1)[-1], v))}</td></tr>"
                        for k, v in _flat(r.figures))  # fmt: skip
         parts = [f"<section class='lesson' id='lesson-{html.escape(r.name)}'><h1>{html.escape(r.lesson.title)}</h1>",
                  f"<p class='claim'>{html.escape(r.lesson.claim)}</p>",

@@ -6,6 +6,7 @@ from typing import Any
 
 from .charts import (
     before_after,
+    comparison_chart,
     index_tradeoff,
     latency_distribution,
     load_errors,
@@ -29,6 +30,6 @@ def show(chart: Any) -> Any:
 
 
 __all__ = [
-    "before_after", "index_tradeoff", "latency_distribution", "load_errors", "load_percentiles", "load_timeline",
+    "before_after", "comparison_chart", "index_tradeoff", "latency_distribution", "load_errors", "load_percentiles", "load_timeline",
     "plan_frame", "plan_view", "show", "svg", "tradeoff_frame", "usl_fit",
 ]  # fmt: skip

@@ -153,6 +153,62 @@ def before_after_spec(c: Comparison, *, width: int = 420) -> dict[str, Any]:
     return _spec(rows, layer=[bars, whiskers, text], width=width, title=title)
 
 
+def comparison_chart(c: Comparison, *, width: int = 420) -> alt.LayerChart:
+    """One chart of a comparison: every timed execution of each arm, its median and the median's 95% CI.
+
+    The report draws this one instead of :func:`before_after` and :func:`latency_distribution`
+    (the same facts, one drawing instead of two). The axis is logarithmic when one arm's median
+    is more than 10x the other's, and each median is written beside its row, so the ratio reads
+    off the chart whatever its size.
+    """
+    return _altair(comparison_spec(c, width=width))
+
+
+def comparison_spec(c: Comparison, *, width: int = 420) -> dict[str, Any]:
+    """:func:`comparison_chart` as a Vega-Lite spec (a dict)."""
+    arms = _arm_rows(c)
+    order = [name for name, _, _ in arms]  # baseline above treatment
+    samples = [{"arm": name, "ms": ms, "colour": colour} for name, run, colour in arms for ms in run.samples_ms]
+    rows: list[dict[str, Any]] = []
+    for name, run, colour in arms:
+        lo, hi = bootstrap_median_ci(run.samples_ms)
+        rows.append({"arm": name, "median_ms": run.median_ms, "ci_low": lo, "ci_high": hi, "colour": colour,
+                     "right": max([hi, *run.samples_ms]), "label": f"median {float(run.median_ms or 0):.3g} ms",
+                     "p95_ms": run.p95_ms, "plan": run.plan.summary() if run.plan else ""})  # fmt: skip
+    medians = [float(r["median_ms"] or 0.0) for r in rows]
+    wide = min(medians) > 0 and max(medians) / min(medians) > 10
+    scale: dict[str, Any] = {"zero": False}
+    axis: dict[str, Any] = {}
+    if wide:  # gridlines and labels at the powers of ten only: a log axis's minor lines crowd a short chart
+        import math
+
+        low = min(min(run.samples_ms) for _, run, _ in arms if run.samples_ms)
+        high = max(r["right"] for r in rows)
+        decades = range(math.floor(math.log10(max(low, 1e-6))), math.ceil(math.log10(max(high, 1e-6))) + 1)
+        scale = {"type": "log", "domain": [10.0**decades[0], 10.0**decades[-1]]}
+        axis = {"values": [10.0**k for k in decades], "format": "~g"}
+    q = "quantitative"
+    y = _field("arm", "nominal", title=None, sort=order)
+    by_colour = _field("colour", "nominal", scale=None)
+    x_title = "ms per execution" + (" (log scale)" if wide else "")
+    layers = [
+        {"data": _values(samples), "mark": {"type": "tick", "opacity": 0.45, "thickness": 1.5},
+         "encoding": {"y": y, "x": _field("ms", q, scale=scale, title=x_title, axis=axis), "color": by_colour}},
+        {"mark": {"type": "rule", "strokeWidth": 3, "color": "black"},
+         "encoding": {"y": y, "x": _field("ci_low", q, scale=scale), "x2": {"field": "ci_high"}}},
+        {"mark": {"type": "tick", "thickness": 4, "size": 30},
+         "encoding": {"y": y, "x": _field("median_ms", q, scale=scale), "color": by_colour, "tooltip": [
+             _field("arm", "nominal"), _field("median_ms", q, format=".3f"), _field("ci_low", q, format=".3f"),
+             _field("ci_high", q, format=".3f"), _field("p95_ms", q, format=".3f"), _field("plan", "nominal")]}},
+        {"mark": {"type": "text", "align": "left", "dx": 8, "fontSize": FONT},
+         "encoding": {"y": y, "x": _field("right", q, scale=scale), "text": _field("label", "nominal")}},
+    ]  # fmt: skip
+    how = "interleaved" if c.interleaved else "sequential"
+    title = {"text": [f"{c.shape}:", c.verdict.text],  # two lines: a verdict with its interval is long
+             "subtitle": f"{len(c.treatment.samples_ms)} {how} executions each (thin); median (thick) and its 95% CI (black)"}  # fmt: skip
+    return _spec(rows, layer=layers, width=width, height={"step": 40}, title=title)
+
+
 def latency_distribution(c: Comparison, *, width: int = 420) -> alt.LayerChart:
     """Every timed execution of both arms: box plot plus the individual samples (log scale)."""
     return _altair(latency_distribution_spec(c, width=width))
@@ -237,6 +293,69 @@ def plan_view_spec(plan: Plan, *, width: int = 640, title: str | None = None) ->
     heading = title or (f"plan: {plan.execution_ms:.3f} ms executed" if plan.analyzed else f"plan: cost {plan.total_cost:,.0f}")
     height = row_h * (max(int(r["depth"]) for r in rows) + 1)
     return _spec(rows, layer=[rects, labels], width=width, height=height, title=heading)
+
+
+_MISESTIMATE_STOPS = ((0.0, (0xD9, 0xEA, 0xD3)), (1.5, (0xFC, 0xE5, 0xCD)), (3.0, (0xCC, 0x00, 0x00)))
+_CHAR_PX = 7.6  # a 12 px sans-serif character is at most this wide on average (DejaVu Sans: ~7 px)
+
+
+def _misestimate_colour(log10_factor: float) -> str:
+    """The plan view's colour for a misestimate (log10 of the factor, clamped to 0-3): green, sand, red."""
+    x = min(max(log10_factor, 0.0), 3.0)
+    (x0, c0), (x1, c1) = next((a, b) for a, b in zip(_MISESTIMATE_STOPS, _MISESTIMATE_STOPS[1:]) if x <= b[0])
+    t = (x - x0) / (x1 - x0)
+    return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(c0, c1))
+
+
+def _plan_tip(r: dict[str, Any]) -> str:
+    """A plan-view box's tooltip: the node, its time, rows, misestimate, loops."""
+
+    def ms(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f} ms"
+
+    actual = "–" if r["actual_rows"] is None else f"{r['actual_rows']:,.0f}"
+    mis = "" if r["misestimate"] is None else f", misestimate {r['misestimate']:.1f}x"
+    return (f"{r['node']}\nself {ms(r['exclusive_ms'])}, total {ms(r['inclusive_ms'])}\n"
+            f"rows: estimated {r['estimated_rows']:,.0f}, actual {actual}{mis}; loops {r['loops']}"
+            + ("; spilled to disk" if r["spilled"] else ""))  # fmt: skip
+
+
+def plan_svg(plan: Plan, *, width: int = 640, title: str | None = None) -> str:
+    """:func:`plan_view` drawn straight to SVG text, without a chart engine (the report draws one per
+    comparison: ~0.1 ms here against ~20 ms through Vega). Each node is a box as wide as its share
+    of the time, coloured by its row misestimate, its label cut to fit (the full text is its tooltip)."""
+    import html as h
+    import uuid
+
+    rows = _plan_rows(plan)
+    row_h, top, pad = 34, 26, 60  # pad: room on the right, as SVG_PADDING leaves for a browser's wider font
+    depth = max(int(r["depth"]) for r in rows) + 1
+    legend_y = top + depth * row_h + 10
+    height = legend_y + 40
+    heading = title or (f"plan: {plan.execution_ms:.3f} ms executed" if plan.analyzed else f"plan: cost {plan.total_cost:,.0f}")
+    out = [f"<svg class='marks plan-view' xmlns='http://www.w3.org/2000/svg' width='{width + pad}' height='{height}' "
+           f"viewBox='0 0 {width + pad} {height}' role='graphics-document' font-family='sans-serif'>",
+           f"<text x='{width / 2:.0f}' y='17' font-size='14' font-weight='bold' text-anchor='middle'>{h.escape(heading)}</text>"]  # fmt: skip
+    for r in rows:
+        x, w, y = r["x0"] * width, (r["x1"] - r["x0"]) * width, top + int(r["depth"]) * row_h
+        tip = _plan_tip(r)
+        fits = int((w - 6) / _CHAR_PX)
+        label = r["text"] if len(r["text"]) <= fits else (r["text"][: fits - 1] + "…" if fits >= 4 else "")
+        out.append(f"<g role='graphics-symbol'><title>{h.escape(tip)}</title>"
+                   f"<rect x='{x:.2f}' y='{y}' width='{max(w, 0.5):.2f}' height='{row_h - 1}' "
+                   f"fill='{_misestimate_colour(r['log10_misestimate'])}' stroke='white'/>"
+                   + (f"<text x='{x + 3:.2f}' y='{y + row_h / 2 + 4:.0f}' font-size='{FONT}'>{h.escape(label)}</text>" if label else "")
+                   + "</g>")  # fmt: skip
+    gradient = f"plan-misestimate-{uuid.uuid4().hex[:8]}"  # unique in a page that inlines many
+    out.append(f"<defs><linearGradient id='{gradient}' x1='0' x2='1'>"
+               + "".join(f"<stop offset='{x / 3:.2f}' stop-color='{_misestimate_colour(x)}'/>" for x, _ in _MISESTIMATE_STOPS)
+               + "</linearGradient></defs>")  # fmt: skip
+    out.append(f"<text x='0' y='{legend_y + 14}' font-size='{FONT}'>row misestimate:</text>"
+               f"<rect x='110' y='{legend_y + 3}' width='180' height='14' fill='url(#{gradient})'/>"
+               + "".join(f"<text x='{110 + 60 * k}' y='{legend_y + 32}' font-size='{FONT}' text-anchor='middle'>{10 ** k:,}x</text>"
+                         for k in range(4))
+               + f"<text x='310' y='{legend_y + 14}' font-size='{FONT}'>box width = share of the time</text></svg>")  # fmt: skip
+    return "".join(out)
 
 
 def index_tradeoff(df: pd.DataFrame, *, width: int = 420) -> alt.LayerChart:
