@@ -11,7 +11,7 @@ import pytest
 from workbook.cluster import LocalCluster
 from workbook.errors import ClusterError, UnknownNode
 
-from .conftest import alive
+from .conftest import alive, run_cli
 
 
 def _read_until(cluster: LocalCluster, node: str, sql: str, expected: object, deadline: float = 10.0) -> float:
@@ -289,3 +289,23 @@ def test_cascading_replica_heals_and_survives_promotion_of_its_upstream(cluster_
             conn.execute("INSERT INTO after_promotion VALUES (2)")
     finally:
         c.set_sync_commit("async")
+
+
+def test_cli_adds_a_cascading_replica_and_down_stops_it(cluster_factory) -> None:
+    import json
+
+    c = cluster_factory()
+    c.up(replicas=1)
+    res = run_cli("--home", str(c.home), "replica", "add", "--upstream", "replica1")
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.splitlines()
+    assert header.split()[-1] == "UPSTREAM" and rows[-1].split()[0] == "replica2" and rows[-1].split()[-1] == "replica1"
+    res = run_cli("--home", str(c.home), "replica", "add", "--upstream", "nope")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no node 'nope'" in res.stderr
+    res = run_cli("--home", str(c.home), "status", "--json")
+    nodes = json.loads(res.stdout)["nodes"]
+    assert [(n["name"], n["upstream"], n["state"]) for n in nodes] == [
+        ("primary", None, "running"), ("replica1", None, "streaming"), ("replica2", "replica1", "streaming")]
+    pids = [p for ps in c.pids().values() for p in ps]
+    assert run_cli("--home", str(c.home), "down").returncode == 0
+    assert not any(alive(p) for p in pids), "down stops the cascading replica too"

@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     pr = command("promote", "fail over: make replica NAME the primary (the old primary is fenced and dropped)")
     pr.add_argument("name", help="the replica to promote (see 'workbook status')")
 
+    rl = command("replica", "add one replica to the local cluster (e.g. a cascading one: --upstream replica1), or remove one")
+    rl.add_argument("action", choices=("add", "remove"), help="add or remove")
+    rl.add_argument("name", nargs="?", default=None,
+                    help="the replica's name (add: default the next replicaN; remove: default the newest)")
+    rl.add_argument("--upstream", default=None, metavar="NAME",
+                    help="add: stream from this replica instead of the primary (a cascading replica)")
+
     dl = command("drill", "failover drill: writers, kill -9 of the primary, promotion; acknowledged writes lost (RPO) "
                           "and seconds to the first write (RTO)")
     dl.add_argument("drill", choices=("failover",), help="the drill to run (failover)")
@@ -438,6 +445,20 @@ def cmd_promote(args: argparse.Namespace) -> int:
     failover = cluster.last_failover
     if failover is not None and failover.warning:
         print(f"warning: {failover.warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    if _external_target(args) is not None:
+        raise _local_only("replica")
+    cluster = _cluster(args)
+    if args.action == "remove":
+        if args.upstream is not None:
+            raise WorkbookError("--upstream goes with 'workbook replica add'; 'remove' takes only a replica's name")
+        cluster.remove_replica(args.name)
+    else:
+        cluster.add_replica(args.name, upstream=args.upstream)
+    _print_status(cluster.status(), False, "local")
     return 0
 
 
@@ -1009,6 +1030,7 @@ COMMANDS = {
     "status": cmd_status,
     "down": cmd_down,
     "promote": cmd_promote,
+    "replica": cmd_replica,
     "drill": cmd_drill,
     "psql": cmd_psql,
     "lab": cmd_lab,
