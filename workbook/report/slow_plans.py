@@ -36,11 +36,9 @@ def _nodes(plan: Plan) -> str:
 
 
 def _draw(plan: Plan, title: str) -> str:
-    from ..ui import charts
+    from ..ui.charts import plan_svg
 
-    view = getattr(charts, "plan_view_spec", charts.plan_view)  # the spec (no Altair import) where there is one
-    text = charts.svg(view(plan, title=title))
-    return text[text.find("<svg"):]
+    return plan_svg(plan, title=title)
 
 
 def slow_plans_section(frame: pd.DataFrame | None, *, drawn: int = DRAWN) -> str:
@@ -66,5 +64,5 @@ def slow_plans_section(frame: pd.DataFrame | None, *, drawn: int = DRAWN) -> str
         plan = parse_plan(r["plan"], sql=str(r["query"]))
         parts.append(f"<h3>{html.escape(shape)}: {r['duration_ms']:,.1f} ms on {html.escape(str(r['node']))}</h3>"
                      f"<pre class='ddl'>{html.escape(' '.join(str(r['query']).split())[:600])}</pre>{_nodes(plan)}"
-                     + _draw(plan, f"{shape}: {r['duration_ms']:,.1f} ms (width = cost, colour = misestimate)"))  # fmt: skip
+                     + _draw(plan, f"{shape}: {r['duration_ms']:,.1f} ms (no per-node times: width = cost)"))  # fmt: skip
     return "".join(parts)
