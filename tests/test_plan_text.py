@@ -404,3 +404,22 @@ def test_an_auto_explain_notice_in_a_psql_session_is_read_up_to_the_result(lab: 
     plan = read_plan(session)  # the LOG notice, then the query's own result table
     assert plan.analyzed and plan.sql.startswith("SELECT id FROM ai_app.messages WHERE token_count = 417")
     assert [n.node_type for n in plan.nodes][0] == "Limit" and plan.execution_ms is not None
+
+
+def test_explain_text_in_a_notebook_shows_the_plan_view(conn: Any, lab: LocalCluster, tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    _, _, text = both(conn, HARD["initplan_below"])
+    (tmp_path / "plan.txt").write_text(text)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        f"from pathlib import Path\nfrom workbook.lab import attach_lab\nlab = attach_lab(home={str(lab.home)!r})\n"
+        f"plan = lab.explain_text(Path({str(tmp_path / 'plan.txt')!r}).read_text())\nplan.summary()")]  # fmt: skip
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = nb.cells[0].outputs
+    kinds = [k for o in outputs for k in o.get("data", {})]
+    assert "image/svg+xml" in kinds and "text/markdown" in kinds, outputs
+    said = next(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    assert "format: text" in said and "auto_explain" in said and "reads `" in said and "workbook advise --sql" in said
+    assert "Hash" in next(o["data"]["text/plain"] for o in outputs if o.get("output_type") == "execute_result")
