@@ -18,6 +18,7 @@ first column only, ``estimate`` within a factor, ``rowcount`` for writes), ``tab
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,9 +223,16 @@ def load_shapes(directory: Path | None = None) -> dict[str, QueryShape]:
     directory = directory or dataset_dir() / "queries"
     shapes = {}
     for path in sorted(directory.glob("*.sql")):
-        shape = parse_shape(path.read_text(), path)
+        shape = _parsed(path.read_text(), path)
         shapes[shape.name] = shape
     return shapes
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str, path: Path) -> QueryShape:
+    """:func:`parse_shape` remembered by the file's text (a pure function of it): the catalog is
+    read for every comparison, and parsing and checking its ~25 files costs ~40 ms each time."""
+    return parse_shape(text, path)
 
 
 def shape(name: str) -> QueryShape:
