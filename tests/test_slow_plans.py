@@ -242,3 +242,70 @@ def test_replicas_have_auto_explain_too_and_their_logs_are_read(replicated: Loca
     replicated.wait_caught_up()
     with target.connect("replica1") as conn:
         assert conn.execute("SHOW session_preload_libraries").fetchone()[0] == ""  # type: ignore[index]
+
+
+KILLED_CAPTURE = """
+import sys, time
+from workbook.cluster import LocalCluster
+from workbook.experiment.slow_plans import capture_slow_plans
+with capture_slow_plans(LocalCluster(sys.argv[1]).target(), threshold_ms=1):
+    print("capturing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_capture_killed_with_sigkill_is_undone_by_the_next(lab: LocalCluster, target: Target) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    before = _db_settings(target)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CAPTURE, str(lab.home)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "capturing"
+        assert _new_session_settings(target) == ("auto_explain", "1ms")
+        with pytest.raises(Exception, match="another slow-plan capture is running"):
+            restore_leftover(target)  # its session is alive: refused, nothing changed
+        assert _new_session_settings(target)[0] == "auto_explain"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    with target.connect() as conn:  # the server notices the closed socket
+        while conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'workbook-slow-plans'").fetchone():
+            assert time.monotonic() < deadline, "the killed capture's session did not end"
+            time.sleep(0.05)
+    assert _db_settings(target) != before, "a SIGKILL runs no finally: the settings are still on"
+    with capture_slow_plans(target, threshold_ms=THRESHOLD_MS) as cap:
+        pass
+    assert cap.ran and _db_settings(target) == before and _new_session_settings(target) == ("", None)
+
+
+def test_a_log_read_through_sql_from_a_logging_collector_across_a_rotation(cluster_factory: Any) -> None:
+    import time
+
+    c = cluster_factory()
+    c.up(replicas=0)
+    with c.target().connect() as conn:
+        conn.execute("ALTER SYSTEM SET logging_collector = on")
+        conn.execute("ALTER SYSTEM SET log_destination = 'jsonlog'")
+    c.stop()
+    c.up(replicas=0)
+    ext = Target.from_dsn(c.dsn(), allow_writes=True)  # as an external server: its log reached only through SQL
+    with capture_slow_plans(ext, threshold_ms=0) as cap:
+        with ext.connect() as conn:
+            conn.execute("SELECT count(*) AS before_rotation FROM generate_series(1, 1000)")
+            time.sleep(1.1)  # log file names are by the second
+            conn.execute("SELECT pg_rotate_logfile()")
+            time.sleep(0.3)
+            conn.execute("SELECT count(*) AS after_rotation FROM generate_series(1, 1000)")
+    assert cap.ran, cap.reason
+    texts = [p.query for p in cap.plans]
+    assert any("before_rotation" in t for t in texts) and any("after_rotation" in t for t in texts), texts
+    assert any("rotated" in n for n in cap.notes), cap.notes
+    assert all(p.captured_at is not None and p.pid for p in cap.plans)

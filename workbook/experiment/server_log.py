@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,8 +168,10 @@ class FileLog:
 class SqlLog:
     """The server's current log file read through SQL (``pg_read_binary_file``), plus files rotated to."""
 
-    def __init__(self, target: Target, node: str, path: str, fmt: str, *, app: str = "workbook-log") -> None:
+    def __init__(self, target: Target, node: str, path: str, fmt: str, *, app: str = "workbook-log",
+                 collector: bool = True) -> None:  # fmt: skip
         self.target, self.node, self.path, self.fmt, self.app = target, node, path, fmt, app
+        self.collector = collector  # False: a file the server writes without a logging collector
         with target.connect(node, application_name=app) as conn:
             self.offset = int(conn.execute("SELECT size FROM pg_stat_file(%s)", (path,)).fetchone()[0])  # type: ignore[index]
             self.started = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
@@ -178,6 +181,7 @@ class SqlLog:
 
         notes: list[str] = []
         with self.target.connect(self.node, application_name=self.app) as conn:
+            self._settle(conn)
             size = int(conn.execute("SELECT size FROM pg_stat_file(%s, true)", (self.path,)).fetchone()[0] or 0)  # type: ignore[index]
             start = self.offset if size >= self.offset else 0
             parts = [self._read(conn, self.path, start, size)]
@@ -195,6 +199,25 @@ class SqlLog:
                     parts.append(self._read(conn, full, 0, int(nsize)))
                     notes.append(f"the log rotated to {name} during the capture; read it too")
         return "".join(parts), notes
+
+    def _settle(self, conn: psycopg.Connection[Any], timeout_s: float = 2.0) -> None:
+        """Wait until the logging collector has written what the backends sent it (its pipe is
+        asynchronous): the current log file's size the same twice, 100 ms apart."""
+        import psycopg
+
+        query = ("SELECT (pg_stat_file(f, true)).size FROM coalesce(pg_current_logfile(%s), %s) f")
+        fmt = None if self.fmt == "stderr" and not self.collector else self.fmt
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                size = conn.execute(query, (fmt, self.path)).fetchone()[0]  # type: ignore[index]
+            except psycopg.Error:
+                return
+            if size == last:
+                return
+            last = size
+            time.sleep(0.1)
 
     @staticmethod
     def _read(conn: psycopg.Connection[Any], path: str, start: int, end: int) -> str:
@@ -238,7 +261,7 @@ def open_log(target: Target, node: str, access: str = "auto", *, app: str = "wor
                 return None, (f"{node} has no log file to read: its logging collector is off (logging_collector), "
                               "so the log goes to the server's stderr, out of reach of SQL")  # fmt: skip
             conn.execute("SELECT pg_read_binary_file(%s, 0, 1, true)", (path,))
-            return SqlLog(target, node, path, fmt, app=app), ""
+            return SqlLog(target, node, path, fmt, app=app, collector=local_path is None), ""
         except psycopg.errors.InsufficientPrivilege:
             return None, (f"{node}'s server log is not readable by this role: pg_current_logfile/pg_read_binary_file "
                           "need a superuser or pg_read_server_files (managed services usually allow neither: "
