@@ -217,6 +217,16 @@ def test_bench_captures_and_slow_plans_lists_them(lab: LocalCluster, target: Tar
     assert bad.returncode != 0 and "no stored slow plan" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+
+def test_a_bad_threshold_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "never"
+    for value in ("-1", "nan", "1e9"):
+        bad = run_cli("--home", str(home), "bench", "--mix", "read", "--slow-plans", value)
+        assert bad.returncode != 0 and "--slow-plans must be a number of milliseconds" in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert not home.exists(), "a refused command created the cluster's home"
+
+
 def test_the_report_shows_the_latest_capture_with_the_plan_view(captured: Any, lab: LocalCluster) -> None:
     from workbook.report.html import _observability
 

@@ -667,9 +667,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_capturing_slow_plans(args: argparse.Namespace) -> int:
     """``bench --slow-plans MS``: the same load inside an auto_explain capture; what it found on stderr."""
-    from .experiment.slow_plans import capture_slow_plans
+    from .experiment.slow_plans import capture_slow_plans, check_threshold
 
-    threshold, args.slow_plans = args.slow_plans, None
+    threshold, args.slow_plans = check_threshold(args.slow_plans, "--slow-plans"), None
     with capture_slow_plans(_target(args), threshold_ms=threshold, store=_store(args), source="bench") as cap:
         code = cmd_bench(args)
     if cap.ran:

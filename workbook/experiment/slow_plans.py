@@ -265,6 +265,13 @@ def _why_not(conn: psycopg.Connection[Any], target: Target) -> str:
     return ""
 
 
+def check_threshold(threshold_ms: object, what: str = "threshold_ms") -> float:
+    """A threshold in milliseconds from 0 to one hour, or a one-line error naming ``what``."""
+    if not isinstance(threshold_ms, (int, float)) or isinstance(threshold_ms, bool) or not 0 <= threshold_ms <= 3_600_000:
+        raise WorkbookError(f"{what} must be a number of milliseconds from 0 to 3600000, got {threshold_ms!r}")
+    return float(threshold_ms)
+
+
 @contextmanager
 def capture_slow_plans(
     target: Target,
@@ -284,8 +291,7 @@ def capture_slow_plans(
     run (read-only or managed target, no superuser, log out of reach) ``ran`` is False, ``reason``
     says why, nothing is changed, and the block still runs.
     """
-    if not isinstance(threshold_ms, (int, float)) or isinstance(threshold_ms, bool) or not 0 <= threshold_ms <= 3_600_000:
-        raise WorkbookError(f"threshold_ms must be a number of milliseconds from 0 to 3600000, got {threshold_ms!r}")
+    check_threshold(threshold_ms)
     if not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1:
         raise WorkbookError(f"sample_rate must be above 0 and at most 1, got {sample_rate!r}")
     if log_access not in ("auto", "file", "sql"):
