@@ -193,3 +193,20 @@ def test_measure_refuses_bad_input_in_one_line(lab: LocalCluster) -> None:
 
 def test_notebook_builder_writes_the_committed_notebook(tmp_path: Path) -> None:
     assert built_notebook(tmp_path, NOTEBOOK.stem) == NOTEBOOK.read_text(), "run python notebooks/_build.py"
+
+
+def test_without_cgroups_the_lesson_says_what_it_could_not_show(
+    open_: Lab, lab: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """As on Binder (a normal user, no writable cgroup controller): the nodes share the CPUs, and setup says so."""
+    from workbook.cluster import _cpu
+
+    monkeypatch.setattr(_cpu, "CGROUP_ROOT", Path("/nonexistent/cgroup/cpu"))
+    before = _cluster_state(lab)
+    try:
+        got = replicas.setup(open_)
+    finally:
+        replicas.restore(open_)
+    assert got["cpu_budget"] == "shared" and got["replicas"] == ["replica1", "replica2"]
+    assert "share this machine's CPUs" in got["not_shown"] and "no cgroup v1 cpu controller" in got["not_shown"]
+    assert _cluster_state(lab) == before
