@@ -20,6 +20,7 @@ from psycopg import sql
 from workbook.cluster import LocalCluster, Target
 from workbook.experiment.server_log import parse_log
 from workbook.experiment.slow_plans import MARKER, capture_slow_plans, restore_leftover
+from workbook.leftovers import sweep_leftovers
 from workbook.results import ResultsStore
 
 from .conftest import run_cli
@@ -264,7 +265,9 @@ with capture_slow_plans(LocalCluster(sys.argv[1]).target(), threshold_ms=1):
 """
 
 
-def test_a_capture_killed_with_sigkill_is_undone_by_the_next(lab: LocalCluster, target: Target) -> None:
+def test_a_capture_killed_with_sigkill_is_undone_by_the_next_sweep(lab: LocalCluster, target: Target) -> None:
+    """The next command that sweeps leftovers (explain, compare, advise, report, open_lab) puts the
+    settings back; a capture still running keeps them."""
     import os
     import signal
     import subprocess
@@ -281,6 +284,7 @@ def test_a_capture_killed_with_sigkill_is_undone_by_the_next(lab: LocalCluster, 
         assert _new_session_settings(target) == ("auto_explain", "1ms")
         with pytest.raises(Exception, match="another slow-plan capture is running"):
             restore_leftover(target)  # its session is alive: refused, nothing changed
+        sweep_leftovers(target)  # the same from a sweep: a running capture owns the settings
         assert _new_session_settings(target)[0] == "auto_explain"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -291,6 +295,10 @@ def test_a_capture_killed_with_sigkill_is_undone_by_the_next(lab: LocalCluster, 
             assert time.monotonic() < deadline, "the killed capture's session did not end"
             time.sleep(0.05)
     assert _db_settings(target) != before, "a SIGKILL runs no finally: the settings are still on"
+    said: list[str] = []
+    sweep_leftovers(target, say=said.append)
+    assert _db_settings(target) == before and _new_session_settings(target) == ("", None)
+    assert any("switched auto_explain off again" in line for line in said), said
     with capture_slow_plans(target, threshold_ms=THRESHOLD_MS) as cap:
         pass
     assert cap.ran and _db_settings(target) == before and _new_session_settings(target) == ("", None)

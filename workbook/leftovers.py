@@ -139,4 +139,26 @@ def sweep_leftovers(
             elif say:
                 say(f"warning: {item.describe()} was left behind by a killed run and skews later verdicts; "
                     f"drop it with: {item.drop_sql().as_string(conn)}")  # fmt: skip
+    _sweep_slow_plan_capture(target, drop=drop, say=say)
     return found
+
+
+def _sweep_slow_plan_capture(target: Target, *, drop: bool, say: Callable[[str], None] | None) -> None:
+    """A slow-plan capture killed mid-run leaves auto_explain switched on for the database: undo it
+    (or, where nothing is dropped, say so), unless that capture is still running."""
+    from .errors import WorkbookError
+    from .experiment import slow_plans
+
+    if not drop:
+        with target.connect() as conn:
+            if slow_plans.left_on(conn) and say:
+                say("warning: a slow-plan capture that was killed (or is running) left auto_explain switched on for "
+                    "this database; the next capture (workbook bench --slow-plans MS --allow-writes) puts the "
+                    "previous settings back")  # fmt: skip
+        return
+    try:
+        previous = slow_plans.restore_leftover(target)
+    except WorkbookError:  # a capture in progress owns the settings
+        return
+    if previous is not None and say:
+        say("note: switched auto_explain off again, left on by a slow-plan capture that was killed")

@@ -228,6 +228,12 @@ def _restore(conn: psycopg.Connection[Any], previous: dict[str, str | None]) -> 
     _set(conn, MARKER, None)
 
 
+def left_on(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a capture's record of the previous settings is still in the database (a capture is
+    running, or one was killed and left auto_explain switched on)."""
+    return MARKER in _db_settings(conn)
+
+
 def restore_leftover(target: Target) -> dict[str, str | None] | None:
     """Undo what a killed capture left (its recorded previous settings); None when nothing was left.
 
