@@ -6,9 +6,14 @@ mix routed to all nodes should approach (nodes)x the primary alone. Peer in the 
 same mix, clients and duration routed to the primary only; rounds alternate the order.
 
     python benchmarks/read_scaling.py [--cpus 0.25] [--replicas 2] [--clients 6] [--duration 6] [--rounds 2]
+    python benchmarks/read_scaling.py --lesson --scale 1 --cpus 0.5 --rounds 3 --duration 4
 
-Goal (issue 16): >= 2.2x with 2 replicas at 0.5 CPU each. On 2 cores that needs 1.5 cores for the
-nodes plus the load generator's own; --cpus 0.25 is what fits here.
+``--lesson`` measures what the replicas lesson measures (``workbook.lessons.replicas``): the
+``read`` mix from the same clients on the primary alone, primary + 1 and primary + 2 replicas,
+the three arms in rotating order each round, TPS and p95 with their 95% intervals; the ratio is
+primary + 2 over the primary alone, per round and over all rounds.
+
+Goal (issue 16, and issue 17 at SF 1): >= 2.2x with 2 replicas at 0.5 CPU each.
 """
 
 from __future__ import annotations
@@ -23,6 +28,32 @@ from workbook.dataset import load
 from workbook.traffic import run_load
 
 
+def lesson_arms(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    """The replicas lesson's read-scaling step at this scale: 0, 1, 2 replicas, interleaved."""
+    from workbook.lessons.replicas import app_indexes, prepare_mix, read_scaling_runs, summarise_runs
+
+    with app_indexes(cluster.target()) as built:
+        print("indexes built for the read mix:", ", ".join(built))
+        pm, note = prepare_mix(cluster.target(), args.mix)
+        if note:
+            print("note:", note)
+        runs = read_scaling_runs(cluster.target(), clients=args.clients, duration_s=args.duration, rounds=args.rounds,
+                                 mix=args.mix, prepared=pm)  # fmt: skip
+    print(f"{'round':>5} " + " ".join(f"{f'+{k} TPS':>10}" for k in runs) + f" {'ratio +2/0':>11}")
+    for r in range(args.rounds):
+        tps = {k: rs[r].tps for k, rs in runs.items()}
+        ratio = tps[2] / tps[0] if tps.get(0) and 2 in tps else float("nan")
+        print(f"{r + 1:>5} " + " ".join(f"{v:>10,.0f}" for v in tps.values()) + f" {ratio:>10.2f}x")
+    arms = {k: summarise_runs(rs) for k, rs in runs.items()}
+    for k, a in arms.items():
+        print(f"primary + {k}: {a['tps']:,.1f} TPS (95% CI {a['tps_ci'][0]}-{a['tps_ci'][1]}), "
+              f"p95 {a['p95_ms']} ms (95% CI {a['p95_ms_ci'][0]}-{a['p95_ms_ci'][1]})")  # fmt: skip
+    ratios = [runs[2][r].tps / runs[0][r].tps for r in range(args.rounds)]
+    print(f"\n{args.mix} mix at SF {args.scale}, {args.clients} clients, {args.cpus} CPU per node: primary + 2 replicas "
+          f"/ primary alone = {arms[2]['tps'] / arms[0]['tps']:.2f}x over all rounds, median per round "
+          f"{statistics.median(ratios):.2f}x (the limit is 3x)")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpus", type=float, default=0.25)
@@ -30,15 +61,23 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--mix", default="point")
+    ap.add_argument("--mix", default=None, help="default: point (read with --lesson)")
+    ap.add_argument("--scale", type=float, default=0.05)
+    ap.add_argument("--lesson", action="store_true", help="the replicas lesson's arms: 0, 1, 2 replicas, read mix")
     args = ap.parse_args()
+    args.mix = args.mix or ("read" if args.lesson else "point")
     with scratch_dir("wb-bench-scaling-") as d:
         cluster = LocalCluster(d / "home", cpus_per_node=args.cpus)
         try:
-            nodes = cluster.up(replicas=args.replicas)
+            nodes = cluster.up(replicas=0 if args.lesson else args.replicas)
+            load(cluster.target(), args.scale, 42, progress=False)
+            if args.lesson:
+                nodes = cluster.up(replicas=2)  # after the load: pg_basebackup copies it
             print("budgets:", {n.name: n.cpu_budget for n in nodes})
-            load(cluster.target(), 0.05, 42, progress=False)
-            cluster.wait_caught_up()
+            cluster.wait_caught_up(timeout=120)
+            if args.lesson:
+                lesson_arms(cluster, args)
+                return
             target = cluster.target()
             ratios = []
             print(f"{'round':>5} {'primary TPS':>12} {'all nodes TPS':>14} {'ratio':>7}")

@@ -210,3 +210,17 @@ def test_without_cgroups_the_lesson_says_what_it_could_not_show(
     assert got["cpu_budget"] == "shared" and got["replicas"] == ["replica1", "replica2"]
     assert "share this machine's CPUs" in got["not_shown"] and "no cgroup v1 cpu controller" in got["not_shown"]
     assert _cluster_state(lab) == before
+
+
+def test_the_panel_cancels_a_run_within_seconds(lab: LocalCluster) -> None:
+    panel = ReplicaPanel(lab.target(), None, lab)
+    panel.replicas.value, panel.route.value, panel.mix.value = 0, "primary", "point"
+    panel.clients.value, panel.duration.value = 2, 30.0
+    t0 = time.monotonic()
+    panel.run(background=True)
+    time.sleep(1.5)
+    panel.cancel()
+    panel.wait(timeout=20)
+    assert time.monotonic() - t0 < 10, "Cancel did not stop the run"
+    assert panel.rows and panel.rows[-1]["cancelled"] and panel.rows[-1]["tps"] > 0, panel.status.value
+    assert "(cancelled)" in panel.status.value and not panel.run_button.disabled
