@@ -252,10 +252,10 @@ class MultiHost:
         return next(h for h in self.hosts if h.name == name)
 
     def dsn(self, name: str = "primary", *, user: str = SUPERUSER, sslmode: str = "verify-full",
-            ca: bool = True, password: bool = True) -> str:  # fmt: skip
+            ca: bool = True, password: bool = True, dbname: str = DATABASE) -> str:  # fmt: skip
         """A key=value DSN of host ``name`` as a client in the root namespace uses it."""
         h = self.host(name)
-        parts = [f"host={h.addr}", f"port={PORT}", f"user={user}", f"dbname={DATABASE}", f"sslmode={sslmode}"]
+        parts = [f"host={h.addr}", f"port={PORT}", f"user={user}", f"dbname={dbname}", f"sslmode={sslmode}"]
         if password:
             parts.append(f"password={self.password}")
         if ca:
@@ -313,12 +313,30 @@ class MultiHost:
         _sh("ip", "link", "set", self.client_link, "up")
         _sh("ip", "-n", sw, "link", "set", "client", "master", "br0", "up")
         for h in self.hosts:
-            _sh("ip", "netns", "add", h.ns)
-            _sh("ip", "-n", sw, "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
-            _sh("ip", "-n", sw, "link", "set", h.link, "master", "br0", "up")
-            _sh("ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", "eth0")
-            _sh("ip", "-n", h.ns, "link", "set", "eth0", "up")
-            _sh("ip", "-n", h.ns, "link", "set", "lo", "up")
+            self._plug(h)
+
+    def _plug(self, h: Host) -> None:
+        """``h``'s namespace, its veth into the switch, its address."""
+        sw = self.switch
+        _sh("ip", "netns", "add", h.ns)
+        _sh("ip", "-n", sw, "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
+        _sh("ip", "-n", sw, "link", "set", h.link, "master", "br0", "up")
+        _sh("ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", "eth0")
+        _sh("ip", "-n", h.ns, "link", "set", "eth0", "up")
+        _sh("ip", "-n", h.ns, "link", "set", "lo", "up")
+
+    def add_plain_host(self, name: str = "plain") -> Host:
+        """One more server on the network, *without* TLS (``ssl=off``, ``host ... scram-sha-256``):
+        what a client must refuse to talk to in clear unless told otherwise."""
+        i = len(self.hosts)
+        h = Host(name, f"{PREFIX}-{self.tag}-{name}", f"{PREFIX}{self.tag}h{i}", f"10.77.{self.subnet}.{10 + i}",
+                 self.root / name)  # type: ignore[operator]  # fmt: skip
+        self.hosts.append(h)
+        self._plug(h)
+        self._initdb(h)
+        self._settings(h, tls=False)
+        self._start(h)
+        return h
 
     def shape(self, name: str, rate: str = "2mbit") -> None:
         """Limit what reaches host ``name`` (the WAL a replica receives) with a token bucket."""
@@ -336,12 +354,13 @@ class MultiHost:
         ids = [f"--reuid={self.run_as.uid}", f"--regid={self.run_as.gid}", "--clear-groups"] if self.run_as.uid is not None else []
         return ["ip", "netns", "exec", ns, "setpriv", *ids, "--", *cmd]
 
-    def _settings(self, h: Host) -> None:
+    def _settings(self, h: Host, *, tls: bool = True) -> None:
         certs = self.root / "certs"  # type: ignore[operator]
+        ssl = {"ssl": "on", "ssl_cert_file": str(certs / f"{h.name}.crt"), "ssl_key_file": str(certs / f"{h.name}.key"),
+               "ssl_min_protocol_version": "TLSv1.2"} if tls else {"ssl": "off"}  # fmt: skip
         conf = {
             "listen_addresses": h.addr, "port": str(PORT), "unix_socket_directories": str(h.root),
-            "ssl": "on", "ssl_cert_file": str(certs / f"{h.name}.crt"), "ssl_key_file": str(certs / f"{h.name}.key"),
-            "ssl_min_protocol_version": "TLSv1.2", "password_encryption": "scram-sha-256",
+            **ssl, "password_encryption": "scram-sha-256",
             "shared_preload_libraries": "pg_stat_statements", "cluster_name": h.name, "hot_standby_feedback": "on",
             "wal_level": "replica", "max_wal_senders": "10", "logging_collector": "off",
         }  # fmt: skip
@@ -349,16 +368,28 @@ class MultiHost:
         path = h.datadir / "multihost.conf"
         path.write_text(text)
         self.run_as.give(path)
+        kind = "hostssl" if tls else "host"
         hba = (
-            "# multihost fixture: TLS and scram only, from the private network\n"
-            f"hostssl all         all  10.77.{self.subnet}.0/24  scram-sha-256\n"
-            f"hostssl replication {REPLICATOR} 10.77.{self.subnet}.0/24  scram-sha-256\n"
+            f"# multihost fixture: {'TLS' if tls else 'plaintext'} and scram only, from the private network\n"
+            f"{kind} all         all  10.77.{self.subnet}.0/24  scram-sha-256\n"
+            f"{kind} replication {REPLICATOR} 10.77.{self.subnet}.0/24  scram-sha-256\n"
         )
         (h.datadir / "pg_hba.conf").write_text(hba)
         self.run_as.give(h.datadir / "pg_hba.conf")
 
     def _primary(self) -> None:
         h = self.hosts[0]
+        self._initdb(h)
+        self._settings(h)
+        self._start(h)
+        with psycopg.connect(self.dsn("primary", dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
+                sql.Identifier(REPLICATOR), sql.Literal(self.password)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        with psycopg.connect(self.dsn("primary"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def _initdb(self, h: Host) -> None:
         self.run_as.make_dir(h.root, 0o700)
         pwfile = h.root / ".pw"
         pwfile.write_text(self.password + "\n")
@@ -371,14 +402,6 @@ class MultiHost:
             raise RuntimeError(f"initdb failed: {res.stderr.strip()}")
         with open(h.datadir / "postgresql.conf", "a") as f:
             f.write("\ninclude_if_exists = 'multihost.conf'\n")
-        self._settings(h)
-        self._start(h)
-        with psycopg.connect(self.dsn("primary").replace(f"dbname={DATABASE}", "dbname=postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
-                sql.Identifier(REPLICATOR), sql.Literal(self.password)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-        with psycopg.connect(self.dsn("primary"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
     def _replica(self, h: Host) -> None:
         self.run_as.make_dir(h.root, 0o700)
@@ -451,6 +474,13 @@ class MultiHost:
         return time.monotonic() - t0
 
     # ---- teardown -----------------------------------------------------------------------------
+    def remove_host(self, name: str) -> None:
+        """Stop host ``name`` and delete its namespace (its veth goes with it) and folder."""
+        h = self.host(name)
+        _kill_namespace(h.ns)
+        shutil.rmtree(h.root, ignore_errors=True)
+        self.hosts.remove(h)
+
     def close(self) -> None:
         """Stop every server, delete the namespaces (and their veths), the client link and the folder."""
         if not self._started:
