@@ -321,7 +321,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     counter = [0]
     sections = []
     for r in results:
-        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(cell(k.rsplit('.', 1)[-1], v))}</td></tr>"
+        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(cell(k.replace('.', '_'), v))}</td></tr>"
                        for k, v in _flat(r.figures))  # fmt: skip
         parts = [f"<section class='lesson' id='lesson-{html.escape(r.name)}'><h1>{html.escape(r.lesson.title)}</h1>",
                  f"<p class='claim'>{html.escape(r.lesson.claim)}</p>",

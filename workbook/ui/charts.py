@@ -388,9 +388,16 @@ def index_tradeoff_spec(df: pd.DataFrame, *, width: int = 420) -> dict[str, Any]
         "tooltip": [_field("index", "nominal"), _field("speedup", q, format=".2f"),
                     _field("write_ratio", q, format=".3f"), _field("size_bytes", q, format=",")],
     }}  # fmt: skip
-    labels = {"mark": {"type": "text", "align": "left", "dx": 9, "fontSize": FONT},  # every point says which index
-              "encoding": {**encoding, "text": _field("index", "nominal")}}  # fmt: skip
-    return _spec(_records(df), layer=[points, labels], width=width, height=260,
+    rows = _records(df)
+    xs = [float(r["write_ratio"]) for r in rows if r.get("write_ratio") is not None]
+    middle = (min(xs) + max(xs)) / 2 if xs else 1.0
+    # every point says which index: left of the middle the name reads rightwards, right of it
+    # leftwards, so no name runs off the plot into the legend
+    labels = [{"transform": [{"filter": f"datum.write_ratio {op} {middle!r}"}],
+               "mark": {"type": "text", "align": align, "dx": dx, "fontSize": FONT},
+               "encoding": {**encoding, "text": _field("index", "nominal")}}
+              for op, align, dx in (("<", "left", 9), (">=", "right", -9))]  # fmt: skip
+    return _spec(rows, layer=[points, *labels], width=width, height=260,
                  title="index trade-off: what it buys vs what it costs")  # fmt: skip
 
 

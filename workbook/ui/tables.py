@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 _SHARE = re.compile(r"(^|_)share(_|$)")  # dead_share, lock_wait_share; not shared_hit
-_FACTOR = re.compile(r"(^|_)(speedup|write_cost|write_ratio|vs_plain|misestimate|ratio|factor)(_|$)")
+# ci_low/ci_high alone are a speed-up's interval (comparison figures); a unit named before them wins
+_FACTOR = re.compile(r"(^|_)(speedup|write_cost|write_ratio|vs_plain|misestimate|ratio|factor|ci_low|ci_high)(_|$)")
 _COUNT = re.compile(r"(^|_)(rows|calls|count|loops|runs|hit|read|reads|writes|hits|tokens|token_count|clients|statements|"
                     r"transactions|connections|blocks|dead|pages)(_|$)")  # fmt: skip
 
@@ -61,6 +62,8 @@ def cell(column: str, value: Any) -> str:
         return f"{x:.1%}"
     if "bytes" in name:
         return _size(x)
+    if "tps" in name or name.endswith("per_s"):  # a rate, not seconds
+        return _num(x) if abs(x) < 100 else f"{x:,.0f}"
     if name.endswith("_ms") or name == "ms" or "_ms_" in name:
         return f"{_num(x)} ms"
     if name.endswith("_s") or "seconds" in name:
@@ -69,7 +72,7 @@ def cell(column: str, value: Any) -> str:
         return f"{_num(x)} MB"
     if _FACTOR.search(name):
         return f"{x:.1f}×" if abs(x) >= 10 else f"{x:.2f}×"
-    if _COUNT.search(name) or name.endswith("tps") or isinstance(value, numbers.Integral):
+    if _COUNT.search(name) or isinstance(value, numbers.Integral):
         return f"{x:,.0f}"
     return _num(x)
 
