@@ -379,7 +379,7 @@ def index_tradeoff(df: pd.DataFrame, *, width: int = 420) -> alt.LayerChart:
 def index_tradeoff_spec(df: pd.DataFrame, *, width: int = 420) -> dict[str, Any]:
     """:func:`index_tradeoff` as a Vega-Lite spec (a dict)."""
     q = "quantitative"
-    encoding = {
+    encoding: dict[str, Any] = {
         "x": _field("write_ratio", q, title="insert time with / without the index (1 = free)", scale={"zero": False}),
         "y": _field("speedup", q, title="read speed-up (x, log scale)", scale={"type": "log"}),
     }
