@@ -393,7 +393,7 @@ def index_tradeoff_spec(df: pd.DataFrame, *, width: int = 420) -> dict[str, Any]
     middle = (min(xs) + max(xs)) / 2 if xs else 1.0
     # every point says which index: left of the middle the name reads rightwards, right of it
     # leftwards, so no name runs off the plot into the legend
-    labels = [{"transform": [{"filter": f"datum.write_ratio {op} {middle!r}"}],
+    labels: list[dict[str, Any]] = [{"transform": [{"filter": f"datum.write_ratio {op} {middle!r}"}],
                "mark": {"type": "text", "align": align, "dx": dx, "fontSize": FONT},
                "encoding": {**encoding, "text": _field("index", "nominal")}}
               for op, align, dx in (("<", "left", 9), (">=", "right", -9))]  # fmt: skip
