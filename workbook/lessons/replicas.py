@@ -378,6 +378,7 @@ class LagSampler:
     def __init__(self, target: Target, *, interval_s: float = SAMPLE_S) -> None:
         self.target, self.interval_s = target, interval_s
         self.rows: list[tuple[float, str, float, float | None]] = []
+        self.error: str | None = None  # why sampling stopped early (a node went away, no privilege ...)
         self.t0 = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="workbook-lag-sampler", daemon=True)
@@ -400,6 +401,8 @@ class LagSampler:
                 tick = time.time()
                 self._sample(conns, tick - self.t0)
                 self._stop.wait(max(0.0, self.interval_s - (time.time() - tick)))
+        except Exception as exc:  # noqa: BLE001 - the step reports it beside what was sampled
+            self.error = " ".join(str(exc).split())[:200]
         finally:
             for conn in conns.values():
                 conn.close()
@@ -463,7 +466,7 @@ def lag_under_burst(target: Target, *, rows: int = BURST_ROWS, duration_s: float
                 raise WorkbookError(f"the write burst did not finish: {failed[0] if failed else 'unknown error'}")
             # until every replica has replayed the burst (the lag back at 0), at most 30 s more
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and sampler.error is None:
                 time.sleep(SAMPLE_S * 2)
                 if sampler.rows and all(r[2] == 0 for r in sampler.rows[-len(target.replicas):]) and "end" in times:
                     break
@@ -477,7 +480,8 @@ def lag_under_burst(target: Target, *, rows: int = BURST_ROWS, duration_s: float
         per[str(name)] = {"max_lag_bytes": int(g["lag_bytes"].max()),
                           "max_lag_seconds": round(float(secs.max()), 4) if len(secs) else None}  # fmt: skip
     return {"rows": int(times.get("rows", 0)), "burst_start_s": round(start, 3), "burst_end_s": round(end, 3),
-            "burst_seconds": round(end - start, 3), "per_replica": per, "frame": frame, "reads": run}  # fmt: skip
+            "burst_seconds": round(end - start, 3), "per_replica": per, "frame": frame, "reads": run,
+            "sampler_error": sampler.error}  # fmt: skip
 
 
 def lag(lab: Lab) -> dict[str, Any]:
@@ -658,7 +662,7 @@ def failover(lab: Lab) -> dict[str, Any]:
     from ..cluster.drill import failover_drill
 
     out: dict[str, Any] = {}
-    with scratch_cluster(c, replicas=DRILL_REPLICAS) as scratch:
+    with _or_put_back(lab), scratch_cluster(c, replicas=DRILL_REPLICAS) as scratch:
         for mode in ("async", "remote_apply"):
             out[mode] = failover_drill(scratch, sync=mode, duration_s=DRILL_SECONDS, heal=True).as_dict()
     return out
