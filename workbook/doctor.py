@@ -113,7 +113,8 @@ def checks(home: Path) -> list[Check]:
         active = other
     if active is None:
         out.append(Check("pgvector", False, "no usable server binaries to look in",
-                         "the sample dataset cannot load (chunks.embedding is vector(384))", "fix the binaries first"))  # fmt: skip
+                         "the sample dataset loads without its embeddings and the vector lessons will not run",
+                         "fix the binaries first"))  # fmt: skip
         out.append(Check("pgbench", False, "no usable server binaries to look in",
                          "pgbench-driven load (the pooling and replica lessons) will not run", "fix the binaries first"))  # fmt: skip
     else:
@@ -121,8 +122,8 @@ def checks(home: Path) -> list[Check]:
             out.append(Check("pgvector", True, f"vector.control in {active.extension_dir}"))
         else:
             out.append(Check("pgvector", False, f"no vector.control for PostgreSQL {active.version} in {active.bindir}",
-                             "the sample dataset cannot load (chunks.embedding is vector(384)) and the vector lessons "
-                             "will not run", "use the embedded PostgreSQL (unset WORKBOOK_PG_BIN) or install pgvector "
+                             "the sample dataset loads without its embeddings (chunks.embedding) and the vector "
+                             "lessons will not run", "use the embedded PostgreSQL (unset WORKBOOK_PG_BIN) or install pgvector "
                              f"for PostgreSQL {active.major}"))  # fmt: skip
         out.append(_program("pgbench", active.bindir / "pgbench",
                             "pgbench-driven load (the pooling and replica lessons) will not run",
