@@ -421,18 +421,6 @@ class Target:
                                    f"or sslmode allowed going without); {PLAINTEXT_HOW}")  # fmt: skip
         return conn
 
-    def tls(self) -> dict[str, TLSState]:
-        """Each reachable node's TLS state (version and cipher), as its server reports it."""
-        out = {}
-        for ep in self.endpoints:
-            try:
-                with self.connect(ep.name) as conn:
-                    out[ep.name] = tls_state(conn)
-            except ConnectionFailed:
-                if ep is self.primary:
-                    raise
-        return out
-
     def status(self) -> list[NodeStatus]:
         """Each server's role (as the server itself reports it), state and replay lag.
 
