@@ -768,10 +768,11 @@ def charts(outputs: dict[str, Any]) -> dict[str, Any]:
 LESSON = Lesson(
     name="replicas",
     title="Read replicas: read scaling, lag, stale reads, synchronous commit and failover",
-    claim="Measured on real streaming replicas, each node in its own CPU budget: two replicas multiply read "
-          "throughput; a write burst makes them lag by megabytes; a read right after a write misses it on an async "
-          "replica, never with remote_apply or LSN-wait (each paid in commit or read latency); and a failover in "
-          "async mode loses acknowledged writes that remote_apply keeps.",
+    claim="Measured on real streaming replicas, each node in its own CPU budget: read TPS and p95 on the primary "
+          "alone against + 1 and + 2 replicas; how far a bulk insert of messages puts the replicas behind, in bytes "
+          "and seconds; how many reads right after a write miss it with async replication, with remote_apply and "
+          "with LSN-wait, and what each costs in commit latency; and how many acknowledged writes a kill -9 "
+          "failover loses in async mode (remote_apply: none).",
     notebook="05_replicas_and_read_scaling",
     steps=(
         Step("setup", "Replicas and CPU budgets",
