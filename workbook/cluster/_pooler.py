@@ -14,7 +14,10 @@ the Python process that started it was killed with SIGKILL (the same rule as the
 ``_procs``). Its state (port, pool size) is the ``"pooler"`` entry of ``cluster.json``.
 
 Pooling is per transaction (``pool_mode = transaction``): a server connection is lent to a client
-for one transaction. PgBouncer before 1.21 keeps no track of prepared statements, so a client that
+for one transaction. PgBouncer reaches the server through its unix socket (the cluster's socket
+directory), not loopback TCP: the pooler always sits beside the server here, and every transaction
+crosses that hop twice, so TCP's kernel work on both ends is paid per transaction
+(benchmarks/pooling.py: with 200 clients on 2 cores, ``--server-tcp`` measures the difference). PgBouncer before 1.21 keeps no track of prepared statements, so a client that
 prepares statements (psycopg's default after 5 executions) must say ``prepare_threshold=None``.
 """
 
@@ -144,12 +147,13 @@ def _write_private(path: Path, text: str, cluster: LocalCluster) -> None:
     tmp.replace(path)
 
 
-def _config(primary_port: int, port: int, pool_size: int, user: str, dbname: str) -> str:
+def _config(primary_port: int, port: int, pool_size: int, user: str, dbname: str, server_host: str) -> str:
+    """``server_host``: the server's unix socket directory (or 127.0.0.1 for loopback TCP)."""
     return "\n".join([
         "; written by workbook (workbook/cluster/_pooler.py) at every start; edits are lost",
         "[databases]",
-        f"{dbname} = host=127.0.0.1 port={primary_port} dbname={dbname}",
-        f"postgres = host=127.0.0.1 port={primary_port} dbname=postgres",
+        f"{dbname} = host={server_host} port={primary_port} dbname={dbname}",
+        f"postgres = host={server_host} port={primary_port} dbname=postgres",
         "[pgbouncer]",
         "listen_addr = 127.0.0.1",
         f"listen_port = {port}",
@@ -179,10 +183,13 @@ def check_pool_size(pool_size: object) -> int:
     return pool_size
 
 
-def start(cluster: LocalCluster, pool_size: int, port: int | None = None, *, timeout: float = 20.0) -> dict[str, Any]:
+def start(cluster: LocalCluster, pool_size: int, port: int | None = None, *, timeout: float = 20.0,
+          server_tcp: bool = False) -> dict[str, Any]:  # fmt: skip
     """(Re)start the pooler in front of the current primary; returns its state entry ``{port, pool_size}``.
 
-    The caller holds the cluster's lock and saves the entry in ``cluster.json``.
+    ``server_tcp``: reach the server over loopback TCP instead of its unix socket (only for
+    measuring the difference: benchmarks/pooling.py). The caller holds the cluster's lock and saves
+    the entry in ``cluster.json``.
     """
     from ._local import DATABASE, SUPERUSER
     from ._node import free_port
@@ -203,7 +210,10 @@ def start(cluster: LocalCluster, pool_size: int, port: int | None = None, *, tim
         raise ClusterError(f"the superuser {SUPERUSER!r} has no SCRAM secret in pg_authid; set its password with "
                            "password_encryption = 'scram-sha-256'")  # fmt: skip
     _write_private(d / "userlist.txt", f"{_quote(SUPERUSER)} {_quote(secret)}\n", cluster)
-    _write_private(d / "pgbouncer.ini", _config(prim.port, port, pool_size, SUPERUSER, DATABASE), cluster)
+    sock = str(cluster._socket_dir())
+    plain = not any(c.isspace() or c in "'\"=;" for c in sock)  # a value pgbouncer's connstring reads as is
+    server_host = sock if plain and not server_tcp else "127.0.0.1"
+    _write_private(d / "pgbouncer.ini", _config(prim.port, port, pool_size, SUPERUSER, DATABASE, server_host), cluster)
     log_path = d / "pgbouncer.log"
     if not log_path.exists():
         _write_private(log_path, "", cluster)
@@ -287,8 +297,10 @@ def entry(cluster: LocalCluster) -> dict[str, Any] | None:
     return dict(got) if got else None
 
 
-def add(cluster: LocalCluster, pool_size: int | None = None, port: int | None = None) -> PoolerStatus:
-    """Start (or restart with a new pool size) the pooler and remember it in ``cluster.json``."""
+def add(cluster: LocalCluster, pool_size: int | None = None, port: int | None = None, *,
+        server_tcp: bool = False) -> PoolerStatus:  # fmt: skip
+    """Start (or restart with a new pool size) the pooler and remember it in ``cluster.json``
+    (``server_tcp``: see :func:`start`; not remembered, a later ``up`` uses the unix socket)."""
     from ._node import port_is_free
 
     if pool_size is not None:
@@ -299,7 +311,7 @@ def add(cluster: LocalCluster, pool_size: int | None = None, port: int | None = 
         if port is None and old.get("port"):
             kill(cluster.home)  # its own port is free again once it is stopped
             port = int(old["port"]) if port_is_free(int(old["port"])) else None
-        new = start(cluster, size, port)
+        new = start(cluster, size, port, server_tcp=server_tcp)
         state = cluster._load()
         state[STATE_KEY] = new
         cluster._save(state)
