@@ -749,6 +749,15 @@ def _needs_vectors(step: Callable[[Lab], Any]) -> Callable[[Lab], Any]:
     return run
 
 
+def ran(output: Any) -> bool:
+    """For a notebook cell: whether a step's ``output`` holds results; when the step was not run
+    (no embeddings on this server), print why and return False."""
+    if isinstance(output, dict) and set(output) == {"skipped"}:
+        print(output["skipped"])
+        return False
+    return True
+
+
 def _skipped(outputs: dict[str, Any]) -> list[str]:
     return [k for k, v in outputs.items() if isinstance(v, dict) and set(v) == {"skipped"}]
 
