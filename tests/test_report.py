@@ -128,6 +128,9 @@ def test_report_opens_offline_in_chromium_with_every_chart_rendered(report: tupl
                 box = svgs.first.bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 30, "charts are laid out, not empty"
             assert page.locator("svg [role='graphics-symbol']").count() > 50, "the charts have marks"
+            small = page.evaluate("() => [...document.querySelectorAll('svg text')].filter(t => t.textContent.trim()"
+                                  " && parseFloat(getComputedStyle(t).fontSize) < 12).map(t => t.textContent)")  # fmt: skip
+            assert small == [], "chart text is at least 12 px as the browser draws it"
             clipped = page.evaluate(_CLIPPED_TEXT)
             assert clipped == [], "chart text drawn by the browser must fit inside its SVG (an inline SVG clips)"
             backgrounds = page.evaluate("() => [...document.querySelectorAll('td.mis')].map("
