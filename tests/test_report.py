@@ -83,6 +83,12 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert re.search(r"<td class='num'>[\d,]+ kB</td><td class='num'>[\d.]+ s</td><td class='num'>[\d.]+×</td>", costs), \
         "the write-cost table shows sizes, seconds and factors, not raw floats"
     assert not re.search(r"<td[^>]*>\d+\.\d{5,}</td>", text), "no cell prints a float with five or more decimals"
+    import html
+    import json
+
+    pasted = re.findall(r"<pre class='plan-json'>(.*?)</pre>", text, re.S)
+    assert len(pasted) == 2 * 17, "both plans of every experiment, ready to paste into PEV2"
+    assert all("Node Type" in json.loads(html.unescape(p))[0]["Plan"] for p in pasted)
 
 
 _CLIPPED_TEXT = """() => {

@@ -34,6 +34,7 @@ section.lesson { border-top: 4px solid #444; margin-top: 3em; } .claim { font-si
 .verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
 pre { padding: 8px; overflow-x: auto; } pre.ddl { white-space: pre-wrap; overflow-wrap: anywhere; }
+pre.plan-json { white-space: pre-wrap; overflow-wrap: anywhere; max-height: 16em; overflow-y: auto; font-size: 12px; }
 .stopped { color: #666; font-style: italic; } tr.removed td { color: #b00; text-decoration: line-through; }
 tr.added td { color: #1a7f37; font-weight: 600; } .not-recommended { color: #555; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
 """
@@ -164,6 +165,19 @@ def recommendations(comps: list[Comparison]) -> dict[str, tuple[bool, str]]:
     return out
 
 
+def _plan_json(before: Run, after: Run) -> str:
+    """Both plans as EXPLAIN (FORMAT JSON) prints them, folded: what PEV2 (explain.dalibo.com, or its
+    offline pev2.html) reads when pasted. Not embedded: PEV2 with Vue and Bootstrap would add ~1 MB
+    of script to every report, which has none and opens offline."""
+    plans = [(name, run.plan) for name, run in (("before", before), ("after", after)) if run.plan is not None]
+    if not plans:
+        return ""
+    body = "".join(f"<p>plan {name}</p><pre class='plan-json'>{html.escape(json.dumps([p.raw]))}</pre>" for name, p in plans)
+    return ("<details><summary>the plans as EXPLAIN JSON (paste one into PEV2: "
+            "<a href='https://explain.dalibo.com'>explain.dalibo.com</a>, or its offline pev2.html)</summary>"
+            f"{body}</details>")  # fmt: skip
+
+
 def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -> str:
     from ..ui.charts import comparison_spec, plan_svg
 
@@ -187,6 +201,7 @@ def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -
         if run.plan is not None:
             took = f"{run.plan.execution_ms:.3f} ms executed" if run.plan.analyzed else f"cost {run.plan.total_cost:,.0f}"
             parts.append(plan_svg(run.plan, title=f"plan {name}: {took}"))
+    parts.append(_plan_json(b, t))
     found = [("before", f) for f in b.findings] + [("after", f) for f in t.findings]
     if found:
         parts.append("<h3>findings</h3><ul>" + "".join(
