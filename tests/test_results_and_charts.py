@@ -136,6 +136,8 @@ def test_tables_show_units_and_sensible_decimals(lab: LocalCluster) -> None:
     for text in ("1,216 kB", "0.041 s", "1.04×", "5.40 ms", "123,456", "2,681", "99.7%", "<td style='text-align: right'>–</td>"):
         assert text in shown, text
     assert "5.400000" not in shown and "<th>index</th>" in shown and ">0<" not in shown, "no index column, no raw floats"
+    long = table(pd.DataFrame({"t_ms": range(1000)}))._repr_html_()
+    assert long.count("<tr>") == 12 and "1,000 rows × 1 columns" in long, "a long frame folds as pandas' does"
     picked = table(raw)[["index", "median_ms"]]
     assert isinstance(picked, Table) and picked["median_ms"].sum() == 5.4, "the data stay numbers"
     wb = attach_lab(home=lab.home)

@@ -81,18 +81,27 @@ def _numeric(df: pd.DataFrame, column: Any) -> bool:
     return bool(df[column].map(lambda v: v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool))).all())
 
 
-def frame_html(df: pd.DataFrame, *, num: str = "class='num'") -> str:
+def frame_html(df: pd.DataFrame, *, num: str = "class='num'", max_rows: int | None = None) -> str:
     """The frame as an HTML table (no index), every cell formatted; numeric cells carry ``num``
-    (the report's right-aligned class, or an inline style where there is no stylesheet)."""
+    (the report's right-aligned class, or an inline style where there is no stylesheet). Past
+    ``max_rows`` rows only the first and last five are shown, with the frame's size below."""
     cols = list(df.columns)
     right = {c: _numeric(df, c) for c in cols}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td{' ' + num if right[c] else ''}>{html.escape(cell(str(c), v))}</td>" for c, v in zip(cols, row))
-        + "</tr>"
-        for row in df.itertuples(index=False, name=None)
-    )  # fmt: skip
-    return f"<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def rows(part: pd.DataFrame) -> str:
+        return "".join(
+            "<tr>" + "".join(f"<td{' ' + num if right[c] else ''}>{html.escape(cell(str(c), v))}</td>"
+                             for c, v in zip(cols, row)) + "</tr>"
+            for row in part.itertuples(index=False, name=None)
+        )  # fmt: skip
+
+    if max_rows is not None and len(df) > max_rows:
+        gap = "<tr>" + "<td>…</td>" * len(cols) + "</tr>"
+        body, size = rows(df.head(5)) + gap + rows(df.tail(5)), f"<p>{len(df):,} rows × {len(cols)} columns</p>"
+    else:
+        body, size = rows(df), ""
+    return f"<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{size}"
 
 
 class Table(pd.DataFrame):
@@ -103,8 +112,8 @@ class Table(pd.DataFrame):
     def _constructor(self) -> type:
         return Table
 
-    def _repr_html_(self) -> str:
-        return frame_html(self, num="style='text-align: right'")
+    def _repr_html_(self) -> str:  # as long as pandas' own: display.max_rows (60) before it folds
+        return frame_html(self, num="style='text-align: right'", max_rows=pd.get_option("display.max_rows"))
 
 
 def table(df: pd.DataFrame) -> Table:
