@@ -191,30 +191,37 @@ def _mark_written(target: Target, what: str) -> list[str]:
     return []
 
 
-def sweep_sessions(target: Target, app: str, *, wait_s: float = 0.5) -> int:
+def sweep_sessions(target: Target, app: str, *, wait_s: float = 0.5) -> tuple[int, int]:
     """Wait for the run's sessions to end on every node; terminate the ones still there after ``wait_s``.
 
-    Returns how many had to be terminated.
+    Returns how many had to be terminated, and how many of those were a pooler's idle server
+    connections (an endpoint named ``pooler``: PgBouncer keeps its server connections, which carry
+    the run's application name, for the next client; they are closed so that the next run, or the
+    next arm of a lesson, has the server's connection slots to itself and starts from an empty pool).
     """
+    from psycopg import sql
+
     deadline = time.monotonic() + wait_s
-    terminated = 0
+    terminated = pooled = 0
     for ep in target.endpoints:
+        idle = "state = 'idle'" if ep.name == "pooler" else "false"
         try:
             with target.connect(ep.name, application_name="workbook-traffic-admin", connect_timeout=2) as conn:
                 while True:
-                    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                       (app,)).fetchone()  # fmt: skip
-                    if not row or not row[0]:
-                        break
-                    if time.monotonic() > deadline:
-                        got = conn.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                                           " WHERE application_name = %s", (app,)).fetchone()  # fmt: skip
+                    row = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE NOT ({})) FROM pg_stat_activity "
+                                               "WHERE application_name = %s").format(sql.SQL(idle)), (app,)).fetchone()  # fmt: skip
+                    if not row or not row[0] or time.monotonic() > deadline:
+                        got = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE ended), count(*) FILTER (WHERE ended AND "
+                                                   "pooled) FROM (SELECT pg_terminate_backend(pid) AS ended, {} AS pooled "
+                                                   "FROM pg_stat_activity WHERE application_name = %s) s"
+                                                   ).format(sql.SQL(idle)), (app,)).fetchone()  # fmt: skip
                         terminated += int(got[0]) if got else 0
+                        pooled += int(got[1]) if got else 0
                         break
                     time.sleep(0.02)
         except WorkbookError:
             continue  # a node that does not answer holds no session of ours
-    return terminated
+    return terminated, pooled
 
 
 def run_load(
@@ -324,7 +331,7 @@ def run_load(
         timeline.stop()
         if mon is not None:
             mon.stop()
-        terminated = sweep_sessions(target, app)
+        terminated, pooled = sweep_sessions(target, app)
     samples = mon.frame() if mon is not None else None
     if samples is not None and not samples.empty:
         samples["t"] = samples["t"] - (res.t0 - t0)
@@ -339,8 +346,11 @@ def run_load(
     done = res.transactions[res.transactions["error_class"].isna()]
     wrote = bool(changes) or bool(done["shape"].isin({r.name for r in pm.write_requests}).any())
     notes += res.notes
-    if terminated:
-        notes.append(f"{terminated} session(s) of the run were still open after it and were terminated")
+    if pooled:
+        notes.append(f"closed the pooler's {pooled} idle server connection(s) after the run (the next run starts "
+                     "from an empty pool)")  # fmt: skip
+    if terminated - pooled:
+        notes.append(f"{terminated - pooled} session(s) of the run were still open after it and were terminated")
     if wrote:
         notes.append("this run wrote to the dataset: it is no longer the pristine one (workbook reset puts it back)")
         notes += _mark_written(target, f"load run {m.name!r}")
