@@ -6,8 +6,7 @@ HTML), then **warm** (the same command again: the cluster is up and the dataset 
 attaching, the lessons and the HTML remain). Prints the phases the command reports, the wall
 time including Python's start, and two ratios measured in the same run:
 
-* render share: the render phase, plus any wait for the chart engine's start that the cluster
-  and load phases did not hide (``warmup``), / the wall time (goal < 20 %);
+* render share: the render phase / the wall time (goal < 20 %);
 * timed share: the milliseconds inside timed executions (the samples every verdict rests on,
   read back from the results store) / the lessons phase: what the rest of the lessons phase
   (connections, what-if index builds, plans, storing) costs around the measurement itself.
@@ -61,7 +60,7 @@ def run_round(r: int, parent: Path, scale: float | None) -> dict[str, tuple[floa
         for kind in ("from nothing", "warm"):
             wall, ph, timed = report_once(home, out, scale)
             other = wall - sum(ph.values())  # Python's start, imports, "what the server saw", writing
-            render = ph["render"] + ph.get("warmup", 0.0)
+            render = ph["render"]
             print(f"{r + 1:>5} {kind:>12} {wall:>7.1f} {ph['cluster']:>8.1f} {ph['load']:>6.1f} {ph['lessons']:>8.1f} "
                   f"{render:>7.1f} {other:>6.1f} {render / wall:>7.0%} {timed / ph['lessons']:>7.0%} "
                   f"{out.stat().st_size / 1024:>7.0f} {os.getloadavg()[0]:>5.1f}")  # fmt: skip

@@ -285,20 +285,14 @@ def main_job(
 
     Returns the path, the seconds of each phase, and the lessons' results.
     """
-    import threading
     import time
 
     from .lessons import chosen
     from .report import render_lessons, write_html
-    from .ui.charts import warm_up
 
     say = progress or (lambda _: None)
     picked = chosen(lessons)  # an unknown lesson is refused before anything starts
     phases: dict[str, float] = {}
-    # the chart engine's start (~0.4 s of CPU) overlaps the cluster's start and the load, which
-    # mostly wait on the disk; it is joined before the lessons, so nothing runs beside their timings
-    warming = threading.Thread(target=warm_up, name="workbook-chart-engine", daemon=True)
-    warming.start()
     t0 = time.perf_counter()
     say("cluster: starting or attaching")
     lab = attach_lab(home=home, target=target)
@@ -308,9 +302,6 @@ def main_job(
     say("dataset: loading if missing")
     lab.ensure_dataset(scale, progress=False)
     phases["load"] = time.perf_counter() - t1
-    tw = time.perf_counter()
-    warming.join()
-    phases["warmup"] = time.perf_counter() - tw  # what the overlap did not hide
     t2 = time.perf_counter()
     results = [lesson.run(lab, progress=say) for lesson in picked]
     phases["lessons"] = time.perf_counter() - t2

@@ -53,15 +53,6 @@ def svg(chart: Any) -> str:
     return str(vlc.vegalite_to_svg(spec))
 
 
-def warm_up() -> None:
-    """Start vl-convert's JavaScript engine with a one-point chart: ~0.4 s the first time in a
-    process, then each chart costs only its own drawing (``workbook report`` does this while the
-    cluster starts)."""
-    import vl_convert as vlc
-
-    vlc.vegalite_to_svg({"mark": "point", "data": {"values": [{}]}})
-
-
 def _alt() -> Any:
     import altair as alt
 
