@@ -6,7 +6,7 @@ mix routed to all nodes should approach (nodes)x the primary alone. Peer in the 
 same mix, clients and duration routed to the primary only; rounds alternate the order.
 
     python benchmarks/read_scaling.py [--cpus 0.25] [--replicas 2] [--clients 6] [--duration 6] [--rounds 2]
-    python benchmarks/read_scaling.py --lesson --scale 1 --cpus 0.5 --rounds 3 --duration 4
+    python benchmarks/read_scaling.py --lesson --scale 1 --cpus 0.5 --rounds 3 --duration 4 [--clients 9]
 
 ``--lesson`` measures what the replicas lesson measures (``workbook.lessons.replicas``): the
 ``read`` mix from the same clients on the primary alone, primary + 1 and primary + 2 replicas,
@@ -58,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpus", type=float, default=0.25)
     ap.add_argument("--replicas", type=int, default=2)
-    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--clients", type=int, default=None, help="default: 6 (the lesson's 9 with --lesson)")
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mix", default=None, help="default: point (read with --lesson)")
@@ -66,6 +66,10 @@ def main() -> None:
     ap.add_argument("--lesson", action="store_true", help="the replicas lesson's arms: 0, 1, 2 replicas, read mix")
     args = ap.parse_args()
     args.mix = args.mix or ("read" if args.lesson else "point")
+    if args.clients is None:
+        from workbook.lessons.replicas import CLIENTS
+
+        args.clients = CLIENTS if args.lesson else 6
     with scratch_dir("wb-bench-scaling-") as d:
         cluster = LocalCluster(d / "home", cpus_per_node=args.cpus)
         try:

@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 CPUS_PER_NODE = 0.5  # each node's budget: two replicas + the primary fit in 1.5 of 2 cores, pgbench in the rest
 REPLICAS = 2
 MIX = "read"
-CLIENTS = 6
+CLIENTS = 9  # three per node with two replicas: at two per node (6) a node's half core sat idle between requests
 DURATION_S = 2.0
 ROUNDS = 2
 BURST_ROWS = 100_000  # messages rows in the write burst (fewer when the dataset has fewer)
