@@ -369,3 +369,24 @@ def test_too_many_clients_is_classified_from_the_server(cluster: LocalCluster) -
             conn.execute("ALTER SYSTEM RESET max_connections")
         cluster.stop()
         cluster.up()
+
+
+def test_samplers_fit_a_tenant_with_only_two_conversations(target: Target) -> None:
+    """SF 1's small tenants have 2-6 conversations: the samplers' offsets wrap around what a tenant
+    has instead of finding no row (which made the read and chat mixes fail to prepare at SF 1)."""
+    from workbook.dataset.samplers import sample
+
+    with target.connect(autocommit=False) as conn:
+        try:  # a tiny tenant made for the test, in a transaction that is rolled back
+            org = conn.execute("INSERT INTO ai_app.organisations (name, slug, plan, created_at)"
+                               " VALUES ('tiny', 'tiny-sampler-test', 'free', now()) RETURNING id").fetchone()[0]  # type: ignore[index]
+            user = conn.execute("INSERT INTO ai_app.users (org_id, email, display_name, role, created_at)"
+                                " VALUES (%s, 'tiny@sampler.test', 'tiny', 'owner', now()) RETURNING id", (org,)).fetchone()[0]  # type: ignore[index]
+            conn.execute("INSERT INTO ai_app.conversations (org_id, user_id, title, status, started_at, last_activity_at,"
+                         " message_count) SELECT %s, %s, 't', 'active', now(), now(), g FROM generate_series(1, 2) g", (org, user))  # fmt: skip
+            conn.execute("UPDATE ai_app.dataset_info SET cold_orgs = ARRAY[%s]::bigint[]", (org,))
+            conversations = {sample("conversation", conn, "cold", k)["conversation_id"] for k in range(10)}
+            users = {sample("user", conn, "cold", k)["user_id"] for k in range(6)}
+            assert len(conversations) == 2 and users == {user}
+        finally:
+            conn.rollback()

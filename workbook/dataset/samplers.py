@@ -51,7 +51,7 @@ def sample(name: str, conn: psycopg.Connection[Any], tier: str = "hot", k: int =
         ) from None
 
 
-def _one(conn: psycopg.Connection[Any], query: str | sql.Composable, params: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+def _one(conn: psycopg.Connection[Any], query: str | sql.Composable, params: tuple[Any, ...] | dict[str, Any], what: str) -> tuple[Any, ...]:
     row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
     if row is None:
         raise WorkbookError(f"the loaded dataset has no {what} to sample; is it loaded (workbook load)?")
@@ -77,9 +77,10 @@ def user(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, Any]:
     params = org(conn, tier, k)
     (user_id,) = _one(
         conn,
-        "SELECT user_id FROM ai_app.conversations WHERE org_id = %s"
-        " GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1 OFFSET %s",
-        (params["org_id"], k % 3),
+        "SELECT user_id FROM ai_app.conversations WHERE org_id = %(org)s"
+        " GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"
+        " OFFSET %(k)s %% (SELECT greatest(1, count(DISTINCT user_id)) FROM ai_app.conversations WHERE org_id = %(org)s)",
+        {"org": params["org_id"], "k": k % 3},  # a small tenant may have fewer users than that
         "conversation",
     )
     return {**params, "user_id": int(user_id)}
@@ -91,9 +92,10 @@ def conversation(conn: psycopg.Connection[Any], tier: str, k: int) -> dict[str, 
     params = org(conn, tier, k)
     cid, uid = _one(
         conn,
-        sql.SQL("SELECT id, user_id FROM ai_app.conversations WHERE org_id = %s ORDER BY message_count {}, id LIMIT 1 OFFSET %s")
+        sql.SQL("SELECT id, user_id FROM ai_app.conversations WHERE org_id = %(org)s ORDER BY message_count {}, id LIMIT 1"
+                " OFFSET %(k)s %% (SELECT greatest(1, count(*)) FROM ai_app.conversations WHERE org_id = %(org)s)")
         .format(_direction(tier)),
-        (params["org_id"], k % 5),
+        {"org": params["org_id"], "k": k % 5},  # a small tenant (SF 1's cold ones) may have only 2 conversations
         "conversation",
     )
     return {**params, "conversation_id": int(cid), "user_id": int(uid)}
