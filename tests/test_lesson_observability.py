@@ -181,10 +181,17 @@ def test_budgets_refuse_over_budget_requests_and_nothing_is_overspent(ran: Lesso
 def test_slow_plans_step_captures_the_unindexed_open_of_a_conversation(ran: LessonResult) -> None:
     sp = ran.outputs["slow_plans"]
     assert sp["capture"]["ran"], sp["capture"]["reason"]
+    threshold = sp["capture"]["threshold_ms"]
+    assert observability.SLOW_MIN_MS <= threshold <= observability.SLOW_MS
     shapes = sp["by_shape"].set_index("shape")
-    assert "Seq Scan on messages" in shapes.loc["conversation_latest_messages", "plan"]
-    assert "api_key_lookup" not in shapes.index, "a primary-key lookup is far under the threshold"
-    assert (shapes["max_ms"] >= observability.SLOW_MS).all()
+    opens, lookups = shapes.loc["conversation_latest_messages"], shapes.loc["api_key_lookup"]
+    assert "Seq Scan on messages" in opens["plan"]
+    # the threshold is half the open's measured median: most opens cross it; a lookup (~40x faster)
+    # only when one is delayed, a tail outlier
+    assert opens["executed"] > 0 and opens["captured_share"] > 0.3, shapes
+    assert lookups["executed"] > 0 and lookups["captured_share"] < min(0.05, opens["captured_share"] / 5), shapes
+    captured = shapes[shapes["statements"] > 0]
+    assert (captured["max_ms"] >= threshold).all()
     assert ran.figures["slow_plans"] == sp["capture"]["workload_statements"] >= 1
     assert set(sp["overhead"]["arm"]) >= {"without auto_explain", "log_analyze, buffers, timing off"}
 
