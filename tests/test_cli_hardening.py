@@ -355,3 +355,16 @@ def test_crashed_primary_promote_warns_of_lost_commits_and_no_file_holds_the_pas
     assert cluster.last_failover.warning is None
     assert _password_anywhere(cluster.home / "nodes", password) == []
     assert sorted(_password_anywhere(cluster.home / "secrets", password)) == sorted([str(cluster.password_file), str(passfile)])
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """`workbook doctor | head -0`: the pipe closes before the output is written; no traceback, the
+    exit status a shell shows for a writer ended by SIGPIPE."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "workbook", "doctor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the command (a second of imports and probes away) writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -1134,10 +1134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("psycopg").setLevel(logging.ERROR)
         # warnings the library logs (a failover that may have lost commits) are printed by the command
         logging.getLogger("workbook").addHandler(logging.NullHandler())
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
     except WorkbookError as exc:
         print(f"error: {_one_line(str(exc), args)}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `workbook dataset | head`: the reader went away; say nothing, as head's writers do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell shows for a writer ended by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

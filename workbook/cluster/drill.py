@@ -105,7 +105,8 @@ class FailoverDrill:
         behind = "unknown" if self.behind_bytes is None else f"{self.behind_bytes:,} bytes"
         return (
             f"{self.sync}: {self.acknowledged:,} writes acknowledged, {self.lost:,} lost after the kill -9 of "
-            f"{self.old_primary!r} ({self.in_doubt} in doubt); {self.promoted!r} took writes after "
+            f"{self.old_primary!r} ({self.in_doubt} in doubt: sent, cut off by the kill before an answer, "
+            f"{self.in_doubt_kept} of them kept); {self.promoted!r} took writes after "
             f"{self.rto_s:.2f} s; it was {behind} behind"
         )
 
@@ -217,16 +218,18 @@ def failover_drill(
         acknowledged_while_frozen=len(acknowledged) - acked_at_freeze, lost=len(lost_ids),
         lost_ids=lost_ids[:LOST_IDS_SHOWN], in_doubt=len(run.in_doubt()), in_doubt_kept=len(kept),
         rto_s=round(t_first - t_kill, 3), behind_bytes=failover.lost_bytes if failover else None,
-        how_behind=_how_behind(sync, len(frozen), behind), old_primary=primary.name, promoted=promoted,
+        how_behind=_how_behind(sync, len(frozen), behind, len(acknowledged) - acked_at_freeze), old_primary=primary.name,
+        promoted=promoted,
         clean_shutdown=failover.clean_shutdown if failover else None, healed=heal, replicas_after=replicas_after,
     )  # fmt: skip
 
 
-def _how_behind(sync: str, senders: int, behind: float) -> str:
+def _how_behind(sync: str, senders: int, behind: float, acked_frozen: int) -> str:
     what = (
         "commits acknowledged in that window reached no replica"
         if sync == "async"
-        else "commits in that window waited for a replica to apply them, so none was acknowledged"
+        else "commits in that window waited for a replica to apply them: only those whose WAL had reached it "
+             f"before the freeze returned ({acked_frozen:,} here), the others were still waiting when the primary died"
     )
     return (
         f"the primary's {senders} WAL sender(s) were frozen (SIGSTOP) for the last {behind:.2f} s before the "

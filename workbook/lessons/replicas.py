@@ -418,7 +418,10 @@ class LagSampler:
         for ep in self.target.replicas:
             row = conns[ep.name].execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::float8",
                                          (primary,)).fetchone()  # fmt: skip
-            self.rows.append((t, ep.name, max(0.0, float(row[0] or 0)) if row else 0.0, seconds.get(ep.name)))
+            behind = max(0.0, float(row[0] or 0)) if row else 0.0
+            # a replica that has replayed all the primary's WAL is 0 s behind: replay_lag keeps showing the
+            # last lag it measured while no new WAL comes (PostgreSQL docs, pg_stat_replication)
+            self.rows.append((t, ep.name, behind, 0.0 if behind == 0 else seconds.get(ep.name)))
 
     def frame(self) -> pd.DataFrame:
         import pandas as pd

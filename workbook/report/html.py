@@ -13,6 +13,7 @@ import datetime as dt
 import html
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ section.experiment { border-top: 2px solid #1f77b4; margin-top: 2em; padding-top
 section.lesson { border-top: 4px solid #444; margin-top: 3em; } .claim { font-size: 1.1em; font-style: italic; }
 .verdict { font-size: 1.25em; font-weight: 600; } .faster { color: #1a7f37; } .slower { color: #b00; }
 .mis { background: #fde2e1; font-weight: 600; } code, pre { background: #f6f8fa; padding: 2px 4px; }
-pre { padding: 8px; overflow-x: auto; } pre.ddl { white-space: pre-wrap; overflow-wrap: anywhere; }
+pre { padding: 8px; overflow-x: auto; } pre.ddl, pre.wrap { white-space: pre-wrap; overflow-wrap: anywhere; }
 pre.plan-json { white-space: pre-wrap; overflow-wrap: anywhere; max-height: 16em; overflow-y: auto; font-size: 12px; }
 .stopped { color: #666; font-style: italic; } tr.removed td { color: #b00; text-decoration: line-through; }
 tr.added td { color: #1a7f37; font-weight: 600; } .not-recommended { color: #555; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
@@ -257,6 +258,50 @@ def _flat(figures: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, figures)]
 
 
+#: a list longer than this is shown by its first items and its length; a table by its first and last rows
+_LIST_ITEMS, _TABLE_ROWS = 12, 20
+
+
+def _step_outputs(leaves: Iterable[tuple[str, Any]], counter: list[int], advice: dict[str, tuple[bool, str]]) -> list[str]:
+    """A step's measured objects: tables, plans and experiments each on their own; the scalars, lists
+    and small dicts between them gathered into one table of label and value (not a heading each)."""
+    out: list[str] = []
+    rows: list[tuple[str, Any]] = []
+
+    def flush() -> None:
+        if rows:
+            out.append("<table class='values'>" + "".join(
+                f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(_value_text(k, v))}</td></tr>"
+                for k, v in rows) + "</table>")  # fmt: skip
+            rows.clear()
+
+    for label, value in leaves:
+        if _is_value(value):
+            rows.extend(_flat(value, label) if isinstance(value, dict) and value else [(label, value)])
+            continue
+        flush()
+        out.append(_output(label, value, counter, advice))
+    flush()
+    return out
+
+
+def _is_value(value: Any) -> bool:
+    """A scalar, a list of scalars or a dict of scalars: a row (or rows) of a label/value table."""
+    scalar = (int, float, str, bool, type(None))
+    if isinstance(value, scalar):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, scalar) for v in value)
+    return isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values())
+
+
+def _value_text(label: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(map(str, value[:_LIST_ITEMS]))
+        return f"{shown}, … ({len(value):,} in all)" if len(value) > _LIST_ITEMS else (shown or "(none)")
+    return cell(label.replace(" / ", "_").replace(".", "_"), value)
+
+
 def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[bool, str]]) -> str:
     """One measured object of a lesson step, as HTML."""
     import pandas as pd
@@ -268,8 +313,12 @@ def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[
     if isinstance(value, Plan):
         return f"{head}<p><code>{html.escape(value.summary())}</code></p>{_plan_table(value)}"
     if isinstance(value, pd.DataFrame):
-        return head + frame_html(value)
-    return f"{head}<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
+        return head + frame_html(value, max_rows=_TABLE_ROWS)
+    if not isinstance(value, (dict, list, tuple)):  # an object of the library (a LoadRun, ...): its one-line summary
+        return f"{head}<p><code>{html.escape(str(value)[:400])}</code></p>"
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, (dict, list, tuple)) for v in value):
+        return head + "<ul>" + "".join(f"<li><code>{html.escape(str(v)[:400])}</code></li>" for v in value) + "</ul>"
+    return f"{head}<pre class='wrap'>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"
 
 
 def _recommended_block(comps: list[Comparison], advice: dict[str, tuple[bool, str]]) -> str:
@@ -343,7 +392,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
                  f"<details><summary>figures ({html.escape(r.name)})</summary><table>{figs}</table></details>"]  # fmt: skip
         for step in r.lesson.steps:
             parts.append(f"<h2>{html.escape(step.title)}</h2><p>{html.escape(step.text)}</p>")
-            parts += [_output(label, value, counter, advice) for label, value in walk(r.outputs.get(step.name))]
+            parts += _step_outputs(walk(r.outputs.get(step.name)), counter, advice)
         for chart_title, chart in r.charts().items():
             parts.append(f"<h2>{html.escape(chart_title)}</h2><div class='charts'>{_svg(chart)}</div>")
         refs = "".join(f"<li><a href='{html.escape(u)}'>{html.escape(t)}</a></li>" for t, u in r.lesson.references)
