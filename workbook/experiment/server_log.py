@@ -39,6 +39,7 @@ _CHUNK = 8 * 1024 * 1024
 _HEADER = re.compile(r"(?:LOG|INFO|NOTICE|WARNING|DEBUG\d?):\s+duration: (?P<ms>\d+(?:\.\d+)?) ms\s+plan:\s*$")
 _STAMP = re.compile(r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)(?: (?P<tz>[A-Za-z]{2,5}|[+-]\d\d(?::?\d\d)?))?")
 _PID = re.compile(r"\[(?P<pid>\d+)\]")
+_APP = re.compile(r"\[\d+\] (?P<app>\S+) *$")
 
 
 # --------------------------------------------------------------------------- parsing the log
@@ -76,7 +77,8 @@ def parse_log(text: str, fmt: str = "stderr") -> tuple[list[dict[str, Any]], int
     return out, bad
 
 
-def _entry(ms: float, prefix: str, body: str, stamp: str | None = None, pid: Any = None) -> dict[str, Any] | None:
+def _entry(ms: float, prefix: str, body: str, stamp: str | None = None, pid: Any = None,
+           app: Any = None) -> dict[str, Any] | None:  # fmt: skip
     try:
         doc = json.loads(body)
     except ValueError:
@@ -86,7 +88,11 @@ def _entry(ms: float, prefix: str, body: str, stamp: str | None = None, pid: Any
     if pid is None:
         p = _PID.search(prefix)
         pid = p["pid"] if p else None
-    return {"ms": ms, "logged_at": _timestamp(stamp or prefix), "pid": int(pid) if pid not in (None, "") else None, "doc": doc}
+    if app is None and prefix:  # the cluster's prefix, '%m [%p] %q%a ': the application name follows the pid
+        a = _APP.search(prefix)
+        app = a["app"] if a else None
+    return {"ms": ms, "logged_at": _timestamp(stamp or prefix), "pid": int(pid) if pid not in (None, "") else None,
+            "app": str(app) if app not in (None, "") else None, "doc": doc}
 
 
 def _timestamp(text: str) -> dt.datetime | None:
@@ -108,30 +114,30 @@ def _timestamp(text: str) -> dt.datetime | None:
     return t  # a zone abbreviation (CET ...): kept as the server's local time
 
 
-def _jsonlog_records(text: str) -> Iterator[tuple[str, str, Any]]:
+def _jsonlog_records(text: str) -> Iterator[tuple[str, str, Any, Any]]:
     for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("message"), str):
-            yield rec["message"], str(rec.get("timestamp", "")), rec.get("pid")
+            yield rec["message"], str(rec.get("timestamp", "")), rec.get("pid"), rec.get("application_name")
 
 
-def _csvlog_records(text: str) -> Iterator[tuple[str, str, Any]]:
+def _csvlog_records(text: str) -> Iterator[tuple[str, str, Any, Any]]:
     for row in csv.reader(io.StringIO(text)):
         if len(row) > 13:
-            yield row[13], row[0], row[3]
+            yield row[13], row[0], row[3], row[22] if len(row) > 22 else None
 
 
-def _parse_records(records: Iterator[tuple[str, str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _parse_records(records: Iterator[tuple[str, str, Any, Any]]) -> tuple[list[dict[str, Any]], int]:
     out, bad = [], 0
-    for message, stamp, pid in records:
+    for message, stamp, pid, app in records:
         head, _, body = message.partition("\n")
         m = re.match(r"duration: (\d+(?:\.\d+)?) ms\s+plan:\s*$", head)
         if not m:
             continue
-        entry = _entry(float(m[1]), "", body, stamp=stamp, pid=pid)
+        entry = _entry(float(m[1]), "", body, stamp=stamp, pid=pid, app=app)
         if entry is None:
             bad += 1
         else:

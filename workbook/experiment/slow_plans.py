@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 
 MARKER = "workbook.slow_plans_restore"
 APP = "workbook-slow-plans"
+#: application names of the workbook's own sessions around a load (sampling a mix's parameters, bookkeeping):
+#: their statements are not the workload's, whatever they read
+OWN_APPS = frozenset({APP, "workbook-traffic-admin", "workbook-traffic-sampler"})
 _PASSWORD_LITERAL = re.compile(r"(?i)\b(password|passwd|secret)(\s*(?:=|:=|\bto\b)?\s*)'(?:[^']|'')*'")
 
 
@@ -185,7 +188,8 @@ def to_slow_plans(entries: list[dict[str, Any]], node: str, dsns: tuple[str, ...
         stamp = e["logged_at"].isoformat() if e["logged_at"] else ""
         key = hashlib.sha256(f"{node}|{stamp}|{e['pid']}|{e['ms']}|{query}".encode()).hexdigest()[:24]
         out.append(SlowPlan(key, e["logged_at"], node, e["pid"], e["ms"], query, doc,
-                            shape=shapes.get(fingerprint(query)), internal=bool(_INTERNAL.search(query))))  # fmt: skip
+                            shape=shapes.get(fingerprint(query)),
+                            internal=bool(_INTERNAL.search(query)) or e.get("app") in OWN_APPS))  # fmt: skip
     return out
 
 
