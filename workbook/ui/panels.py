@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkbookError
+from .background import Background
 
 if TYPE_CHECKING:
     from ..cluster.target import Target
@@ -42,8 +42,11 @@ def _parse_settings(text: str) -> list[tuple[str, str]]:
     return out
 
 
-class ExperimentPanel:
+class ExperimentPanel(Background):
     """Variant, candidate indexes, settings, Run → plan with findings, before/after chart, DDL."""
+
+    #: Cancel ends the comparison after the turn it is in
+    cancel_text = "cancelling after the current turn..."
 
     def __init__(self, target: Target, store: ResultsStore | None, shape: str) -> None:
         import ipywidgets as w
@@ -55,9 +58,6 @@ class ExperimentPanel:
         self.qs = load_shape(shape)
         self.specs = {s.name: s for s in indexes_for(shape)}
         self.last: Comparison | Run | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = False
-
         self.header = w.HTML(f"<h3>{html.escape(self.qs.title)}</h3><p>{html.escape(self.qs.lesson)}</p>")
         self.variant = w.Dropdown(options=list(self.qs.variants), description="variant")
         self.tier = w.ToggleButtons(options=["hot", "cold"], description="tenant")
@@ -159,24 +159,10 @@ class ExperimentPanel:
         return dataclasses.replace(self.qs, kind=edited.kind, variants={"edited": edited}), "edited"
 
     # ---- running -------------------------------------------------------------------------
-    def cancel(self) -> None:
-        self._stop = True
-        self.status.value = "cancelling after the current turn..."
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     def run(self, *, background: bool = False) -> Comparison | Run | None:
         """Measure with the ticked indexes and settings against the plain baseline."""
-        if self._thread is not None and self._thread.is_alive():
-            return None
-        self._stop = False
-        if background:
-            self._thread = threading.Thread(target=self._run, name="workbook-panel", daemon=True)
-            self._thread.start()
-            return None
-        return self._run()
+        result: Comparison | Run | None = self._start(background=background, name="workbook-panel")
+        return result
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.max = total

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkbookError
+from .background import Background
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,7 +147,7 @@ def measure(target: Target, cluster: LocalCluster | None, *, replicas: int, rout
     return row, run
 
 
-class ReplicaPanel:
+class ReplicaPanel(Background):
     """Replicas, routing, synchronous commit, clients, Run → TPS/p95 beside earlier runs, and lag."""
 
     def __init__(self, target: Target, store: ResultsStore | None = None, cluster: LocalCluster | None = None) -> None:
@@ -156,8 +156,6 @@ class ReplicaPanel:
         self.target, self.store, self.cluster = target, store, cluster
         self.rows: list[dict[str, Any]] = []
         self.last: LoadRun | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = False
         most = 4 if cluster is not None else len(target.replicas)
         self.replicas = w.IntSlider(value=min(len(target.replicas), most), min=0, max=most, description="replicas")
         self.route = w.ToggleButtons(options=ROUTES, value="all" if target.replicas else "primary", description="reads to")
@@ -182,24 +180,10 @@ class ReplicaPanel:
 
         display(self.widget)
 
-    def cancel(self) -> None:
-        self._stop = True
-        self.status.value = "cancelling..."
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     def run(self, *, background: bool = False) -> dict[str, Any] | None:
         """Measure with the chosen settings; the result joins the chart (None when it could not run)."""
-        if self._thread is not None and self._thread.is_alive():
-            return None
-        self._stop = False
-        if background:
-            self._thread = threading.Thread(target=self._run, name="workbook-replica-panel", daemon=True)
-            self._thread.start()
-            return None
-        return self._run()
+        result: dict[str, Any] | None = self._start(background=background, name="workbook-replica-panel")
+        return result
 
     def _run(self) -> dict[str, Any] | None:
         from .charts import svg
