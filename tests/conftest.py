@@ -114,6 +114,14 @@ def lab() -> Iterator[LocalCluster]:
     shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def open_(lab: LocalCluster) -> Any:
+    """A Lab on the shared ``lab`` cluster, as a notebook's first cell opens it (one per test module)."""
+    from workbook.lab import open_lab
+
+    return open_lab(home=lab.home, progress=False)
+
+
 def catalog_snapshot(conn: object) -> dict[str, list[tuple[object, ...]]]:
     """Indexes, extended statistics and relations of every user schema: what a toggle may not leave behind."""
     q = {

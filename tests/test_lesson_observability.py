@@ -21,7 +21,7 @@ from workbook.dataset import checksum, is_pristine
 from workbook.experiment import advise
 from workbook.experiment.advise import bind_parameters, parameter_numbers
 from workbook.experiment.workload import advise_workload, fingerprint, reset_statements, top_statements
-from workbook.lab import Lab, open_lab
+from workbook.lab import Lab
 from workbook.lessons import LESSONS, LessonResult, observability
 from workbook.results import ResultsStore
 from workbook.traffic import Mix, run_load
@@ -45,11 +45,6 @@ def _state(lab: LocalCluster) -> tuple[Any, ...]:
         roles = conn.execute("SELECT rolname FROM pg_roles ORDER BY 1").fetchall()
         settings = conn.execute("SELECT setdatabase, setrole, setconfig FROM pg_db_role_setting ORDER BY 1, 2").fetchall()
         return checksum(conn), catalog_snapshot(conn), roles, settings
-
-
-@pytest.fixture(scope="module")
-def open_(lab: LocalCluster) -> Lab:
-    return open_lab(home=lab.home, progress=False)
 
 
 @pytest.fixture(scope="module")

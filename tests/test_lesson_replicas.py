@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from workbook.cluster import LocalCluster, Target
 from workbook.dataset import checksum, is_pristine
 from workbook.errors import WorkbookError
-from workbook.lab import Lab, open_lab
+from workbook.lab import Lab
 from workbook.lessons import DEFAULT, LESSONS, replicas
 from workbook.results import ResultsStore
 from workbook.ui.replica_panel import ReplicaPanel, measure
@@ -48,11 +48,6 @@ def _cluster_state(c: LocalCluster) -> dict[str, Any]:
 def _state(c: LocalCluster) -> tuple[Any, ...]:
     with c.target().connect() as conn:
         return _cluster_state(c), checksum(conn), catalog_snapshot(conn)
-
-
-@pytest.fixture(scope="module")
-def open_(lab: LocalCluster) -> Lab:
-    return open_lab(home=lab.home, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster
 from workbook.dataset import checksum, is_pristine
-from workbook.lab import Lab, open_lab
+from workbook.lab import Lab
 from workbook.lessons import LessonResult, transactions
 from workbook.results import ResultsStore
 
@@ -36,11 +36,6 @@ FIGURES = {  # named as the issue names them, with the keys it names
 def _state(lab: LocalCluster) -> tuple[Any, Any]:
     with lab.target().connect() as conn:
         return checksum(conn), catalog_snapshot(conn)
-
-
-@pytest.fixture(scope="module")
-def open_(lab: LocalCluster) -> Lab:
-    return open_lab(home=lab.home, progress=False)
 
 
 @pytest.fixture(scope="module")

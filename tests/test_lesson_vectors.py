@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster
 from workbook.experiment import WhatIfIndex
-from workbook.lab import Lab, open_lab
+from workbook.lab import Lab
 from workbook.lessons import LESSONS, LessonResult, vectors
 from workbook.results import ResultsStore
 from workbook.ui.vector_panel import VectorPanel
@@ -22,11 +22,6 @@ from workbook.ui.vector_panel import VectorPanel
 from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys
 
 NOTEBOOK = REPO / "notebooks" / "08_vectors_and_hybrid_search.ipynb"
-
-
-@pytest.fixture(scope="module")
-def open_(lab: LocalCluster) -> Lab:
-    return open_lab(home=lab.home, progress=False)
 
 
 @pytest.fixture(scope="module")
