@@ -185,6 +185,19 @@ def figure_keys(figures: Any, prefix: str = "") -> set[str]:
     return {k for name, v in figures.items() for k in figure_keys(v, f"{prefix}/{name}")}
 
 
+def run_notebook(path: Path, timeout: float = 300) -> str:
+    """Execute a committed notebook (it must be saved without outputs) top to bottom in a real kernel,
+    headless; the text of all its outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} committed with outputs"
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    return "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
+
+
 def built_notebook(tmp_path: Path, name: str) -> str:
     """The text notebooks/_build.py writes for notebook ``name`` (to compare with the committed one)."""
     import importlib.util

@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster
 from workbook.dataset import checksum, is_pristine
@@ -26,7 +24,7 @@ from workbook.lessons import LESSONS, LessonResult, observability
 from workbook.results import ResultsStore
 from workbook.traffic import Mix, run_load
 
-from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys, run_cli
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys, run_cli, run_notebook
 
 NOTEBOOK = REPO / "notebooks" / "07_observability_and_circuit_breakers.ipynb"
 PG15 = Path("/usr/lib/postgresql/15/bin")
@@ -228,11 +226,7 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     before = _state(lab)
     with lab.target().connect() as conn:
         started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "committed with outputs"
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    out = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                    for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
+    out = run_notebook(NOTEBOOK)
     for needle in ("conversation_latest_messages", "unused by the workload", "LockNotAvailable", "Lock:transactionid",
                    "cut by statement_timeout", "IdleInTransactionSessionTimeout", "backoff_jitter", "'pristine': True",
                    "not quite", "Seq Scan on messages"):  # fmt: skip

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster
 from workbook.dataset import checksum, is_pristine
@@ -19,7 +17,7 @@ from workbook.lab import Lab
 from workbook.lessons import LessonResult, transactions
 from workbook.results import ResultsStore
 
-from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys, run_notebook
 
 NOTEBOOK = REPO / "notebooks" / "04_transactions_and_integrity.ipynb"
 FIGURES = {  # named as the issue names them, with the keys it names
@@ -139,15 +137,7 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     before = _state(lab)
     with lab.target().connect() as conn:
         started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "committed with outputs"
-    # until workbook/lessons/__init__.py lists the lesson, the kernel learns it here (a no-op once it does)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(
-        "from workbook.lessons import LESSONS\nfrom workbook.lessons.transactions import LESSON\n"
-        "LESSONS.setdefault(LESSON.name, LESSON)"))  # fmt: skip
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    out = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                    for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
+    out = run_notebook(NOTEBOOK)  # the lesson is registered in workbook/lessons/__init__.py: the kernel finds it
     for needle in ("ForeignKeyViolation", "read_modify_write", "Lock:transactionid", "dead_not_removable",
                    "selectinload", "'pristine': True", "not quite: 6 measured"):  # fmt: skip
         assert needle in out, needle

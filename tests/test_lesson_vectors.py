@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster
 from workbook.experiment import WhatIfIndex
@@ -19,7 +17,7 @@ from workbook.lessons import LESSONS, LessonResult, vectors
 from workbook.results import ResultsStore
 from workbook.ui.vector_panel import VectorPanel
 
-from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys
+from .conftest import REPO, built_notebook, catalog_snapshot, figure_keys, run_notebook
 
 NOTEBOOK = REPO / "notebooks" / "08_vectors_and_hybrid_search.ipynb"
 
@@ -138,10 +136,7 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     with lab.target().connect() as conn:
         before = catalog_snapshot(conn)
         started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    text = run_notebook(NOTEBOOK)
     for needle in ("Index Scan using chunks_embedding_hnsw", "hnsw graph no longer fits", "relaxed_order", "same_answer"):
         assert needle in text, needle
     with lab.target().connect() as conn:
@@ -170,9 +165,7 @@ def test_notebook_on_a_server_without_pgvector_says_what_it_could_not_run(
     monkeypatch.setenv("WORKBOOK_HOME", str(c.home))
     monkeypatch.setenv("WORKBOOK_SCALE", "0.01")
     monkeypatch.delenv("WORKBOOK_DSN", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c_ in nb.cells for o in c_.get("outputs", []))
+    text = run_notebook(NOTEBOOK)
     assert text.count(vectors.SKIPPED) >= 4, text[-2000:]  # the four vector steps, each said where it is shown
     assert "same_answer" in text and "'skipped'" in text
     assert "chunks_embedding_hnsw" not in text

@@ -18,10 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import psutil
 import pytest
-from nbclient import NotebookClient
 
 from workbook.cluster import LocalCluster, _pooler
 from workbook.dataset import load
@@ -29,7 +27,7 @@ from workbook.lab import Lab, open_lab
 from workbook.lessons import LessonResult, pooling
 from workbook.results import ResultsStore
 
-from .conftest import REPO, built_notebook, destroy_and_prove, figure_keys, make_home, run_cli
+from .conftest import REPO, built_notebook, destroy_and_prove, figure_keys, make_home, run_cli, run_notebook
 
 NOTEBOOK = REPO / "notebooks" / "06_connections_and_pooling.ipynb"
 SCALE = 0.01
@@ -197,11 +195,7 @@ def test_notebook_runs_headless_and_stores_the_same_figures(
     cluster.up()
     with cluster.target().connect() as conn:
         started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "committed with outputs"
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    out = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                    for c in nb.cells for o in c.get("outputs", []))  # fmt: skip
+    out = run_notebook(NOTEBOOK)
     for needle in ("too_many_clients", "littles_law_wait_ms", "pool_timeouts", "direct_connect"):
         assert needle in out, needle
     stored = ResultsStore(cluster.home).lessons()
