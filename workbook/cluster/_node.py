@@ -13,7 +13,6 @@ outlives the Python process that started it (a kernel restart must not stop the 
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import socket
 import subprocess
@@ -232,9 +231,7 @@ class Node:
         pid = self.pid
         if pid is not None:
             for sig, share in ((signal.SIGINT, 0.8), (signal.SIGQUIT, 0.2)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
+                if not _procs.send(pid, sig):
                     break
                 try:
                     wait_until(lambda: not _procs.alive(pid), timeout=timeout * share,

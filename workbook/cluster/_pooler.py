@@ -113,16 +113,10 @@ def kill(home: Path, timeout: float = 10.0) -> None:
     if not procs:
         return
     for p in procs:
-        try:
-            os.kill(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _procs.send(p.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=min(3.0, timeout))
     for p in alive:
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _procs.send(p.pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while processes(home) and time.monotonic() < deadline:
         time.sleep(0.05)

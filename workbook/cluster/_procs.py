@@ -45,6 +45,15 @@ def postmaster_pid(datadir: Path) -> int | None:
         return None
 
 
+def send(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid``; False when that process is gone already."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def kill_all(datadir: Path, timeout: float = 10.0) -> None:
     """SIGKILL every process serving ``datadir`` and wait until they are gone."""
     deadline = time.monotonic() + timeout
@@ -53,10 +62,7 @@ def kill_all(datadir: Path, timeout: float = 10.0) -> None:
         if not procs:
             return
         for p in procs:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            send(p.pid, signal.SIGKILL)
         psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
         if time.monotonic() > deadline:
             left = [p.pid for p in processes_in(datadir)]

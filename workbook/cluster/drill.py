@@ -194,7 +194,7 @@ def failover_drill(
             run.stop()
             if not killed:  # nothing may stay stopped, and the sync mode goes back (releasing blocked commits)
                 for pid in frozen:
-                    _signal(pid, signal.SIGCONT)
+                    _procs.send(pid, signal.SIGCONT)
                 if cluster.sync_commit() != sync_before:
                     cluster.set_sync_commit(sync_before["mode"], max(1, sync_before.get("standbys") or 1))
                 with contextlib.suppress(ClusterError):  # the error that got us here is the one to report
@@ -271,13 +271,6 @@ def _present(conn: Any, ids: list[int]) -> set[int]:
     return {r[0] for r in conn.execute(q, (ids,)).fetchall()}
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _freeze_wal_senders(cluster: LocalCluster, frozen: list[int]) -> None:
     """SIGSTOP every WAL sender of the primary, each pid added to ``frozen`` as it stops."""
     import psycopg
@@ -285,11 +278,8 @@ def _freeze_wal_senders(cluster: LocalCluster, frozen: list[int]) -> None:
     with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=5) as conn:
         pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            continue
-        frozen.append(pid)
+        if _procs.send(pid, signal.SIGSTOP):
+            frozen.append(pid)
 
 
 def _kill_primary(cluster: LocalCluster, name: str, frozen: list[int]) -> float:
@@ -300,7 +290,7 @@ def _kill_primary(cluster: LocalCluster, name: str, frozen: list[int]) -> float:
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
     for p in frozen:  # killed while stopped: they never send what they hold
-        _signal(p, signal.SIGKILL)
+        _procs.send(p, signal.SIGKILL)
     return t_kill
 
 
