@@ -210,15 +210,35 @@ def psycopg_pool(lab: Lab, *, clients: int = CLIENTS, pool_size: int = POOL_SIZE
 def _run_clients(client: Any, clients: int, duration_s: float, stop: threading.Event, *,
                  join_timeout_s: float) -> float:  # fmt: skip
     """Run ``client(i)`` in ``clients`` threads for ``duration_s``, then set ``stop`` and join them;
-    the seconds they ran (stop is set and threads are joined even when interrupted)."""
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    the seconds they ran (stop is set and threads are joined even when interrupted).
+
+    The clock starts when every thread is running: starting 200 threads on 2 busy cores took
+    up to 4.5 s (each ``start`` waits for the GIL behind the threads already hammering the pool),
+    and a run timed from the first start let the early threads starve the late ones past a 5 s
+    pool timeout, with "200 clients" only true for the last part of the run."""
+    ready = threading.Barrier(clients + 1, timeout=120)
+
+    def run(i: int) -> None:
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            return
+        client(i)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
     t0 = time.perf_counter()
     try:
         for t in threads:
             t.start()
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            raise WorkbookError(f"{clients} client threads did not all start within 120 s: the machine is too busy") from None
+        t0 = time.perf_counter()
         time.sleep(duration_s)
     finally:
         stop.set()
+        ready.abort()
         elapsed = time.perf_counter() - t0
         for t in threads:
             t.join(timeout=join_timeout_s)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..cluster import Target
 
 GRACE_S = 1.0  # how long requests in flight at the end may finish before they are cancelled
+START_TIMEOUT_S = 120.0  # how long the client threads may take to start (200 on 2 busy cores: seconds)
 RETRYABLE = ("serialization_failure", "deadlock", "lock_timeout", "connection_lost")
 
 
@@ -184,7 +185,21 @@ def run(
     deadline = time.monotonic() + duration_s
     mono0 = time.monotonic()
 
+    def start_clock() -> None:
+        # the run's clock starts when every client thread is running, not when the first starts:
+        # starting 200 threads on 2 busy cores took seconds of a 2.5 s run, so "N clients" held only
+        # for its tail and the first threads had the pool (or the server) to themselves
+        nonlocal t0, deadline, mono0
+        t0, mono0 = time.time(), time.monotonic()
+        deadline = mono0 + duration_s
+
+    ready = threading.Barrier(clients + 1, action=start_clock, timeout=START_TIMEOUT_S)
+
     def client(i: int) -> None:
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            return
         rng = np.random.default_rng(seed * 7919 + i)
         jitter = random.Random(seed * 31 + i)
         conns = _Connections(target, app, session_opts, pools)
@@ -280,6 +295,11 @@ def run(
     try:
         for t in threads:
             t.start()
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            raise WorkbookError(f"{clients} client threads did not all start within {START_TIMEOUT_S:.0f} s: "
+                                "the machine is too busy; try fewer clients") from None  # fmt: skip
         next_report, last_count = time.monotonic() + 1, 0
         while any(t.is_alive() for t in threads):
             if should_stop is not None and should_stop():
@@ -295,6 +315,7 @@ def run(
             time.sleep(0.02)
     finally:
         stop.set()
+        ready.abort()
         time.sleep(0.02)
         if any(t.is_alive() for t in threads):
             _cancel_running(target, app)
