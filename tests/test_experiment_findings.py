@@ -106,6 +106,17 @@ def test_a_sort_or_scan_cut_short_by_limit_is_not_a_misestimate(conn: Any) -> No
     assert list(frame["stopped_early"]) == [False, True, False]
 
 
+def test_a_limit_that_ran_out_of_rows_stopped_nothing(conn: Any) -> None:
+    # the planner expects thousands of rows, the filter keeps none: the Limit never reaches 20,
+    # so the Sort and the scan under it ran to the end and their estimates are judged
+    plan = explain(conn, "SELECT * FROM ai_app.messages WHERE created_at < '1990-01-01'::timestamptz + "
+                         "(id % 2) * interval '0 s' ORDER BY created_at DESC LIMIT 20")  # fmt: skip
+    limit, *below = plan.nodes
+    assert limit.node_type == "Limit" and limit.actual_rows == 0 and float(limit.raw["Plan Rows"]) >= 1
+    assert below and not any(n.stopped_early for n in below), plan.summary()
+    assert any(n.misestimate is not None and n.misestimate > 1 for n in below)
+
+
 def _node(node_type: str, est: float, act: float, *children: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"Node Type": node_type, "Plan Rows": est, "Actual Rows": act, "Actual Loops": 1,
             "Actual Total Time": 1.0, **extra, "Plans": list(children)}  # fmt: skip

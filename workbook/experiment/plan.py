@@ -122,7 +122,7 @@ class PlanNode:
     def stopped_early(self) -> bool:
         """Whether the executor stopped pulling rows from this node before it ran out.
 
-        A node under a ``Limit`` (with no node between them that reads all its input first: a
+        A node under a ``Limit`` that reached its count (with no node between them that reads all its input first: a
         Sort, a Hash, a hashed or plain Aggregate), the inner side of a semi or anti join (it stops
         at the first match), either side of a Merge Join (it stops when the other side ends) and
         an ``EXISTS`` subplan (it stops at its first row) return fewer rows than they would have:
@@ -139,7 +139,9 @@ class PlanNode:
         while node is not None:
             nt = node.node_type
             if nt == "Limit":
-                return True
+                # a Limit that returned fewer rows than it planned (which is at most its count) never
+                # reached its count: its input ran out, nothing under it was stopped
+                return not (node.executed and float(node.raw["Actual Rows"]) < float(node.raw.get("Plan Rows", 0)))
             if nt in ("Nested Loop", "Merge Join", "Hash Join"):
                 semi = str(node.raw.get("Join Type", "")) in ("Semi", "Anti", "Right Semi", "Right Anti")
                 inner = len(node.children) > 1 and child is node.children[1]
