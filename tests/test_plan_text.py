@@ -324,6 +324,8 @@ def test_explain_plan_file_from_a_file_and_stdin(conn: Any, tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert [n["node_type"] for n in doc["nodes"]] == [n.node_type for n in text_plan.nodes]
+    assert [n["parent_id"] for n in doc["nodes"]] == [None if n.parent is None else n.parent.id for n in text_plan.nodes]
+    assert all(type(n["parent_id"]) is int for n in doc["nodes"][1:]), "node ids are whole numbers, not 0.0"
     assert doc["format"] == "text" and doc["relations"][0]["relation"].endswith("messages")
     assert "Filter" in " ".join(doc["relations"][0]["conditions"]) or doc["relations"][0]["conditions"]
     assert {f["rule"] for f in doc["findings"]} == {f.rule for f in findings(text_plan)}

@@ -343,7 +343,10 @@ class Plan:
                     "sort_key": ", ".join(r.get("Sort Key") or []) or None,
                 }
             )
-        return table(pd.DataFrame(rows))
+        df = pd.DataFrame(rows)
+        for col in ("parent_id", "workers_planned", "workers_launched"):
+            df[col] = df[col].astype("Int64")  # whole numbers with gaps: not floats (1.0) in JSON or on screen
+        return table(df)
 
     def to_json(self) -> str:
         return json.dumps(self.raw)
