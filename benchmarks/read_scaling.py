@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 from _scratch import scratch_dir
 
@@ -30,7 +31,7 @@ from workbook.traffic import run_load
 
 def lesson_arms(cluster: LocalCluster, args: argparse.Namespace) -> None:
     """The replicas lesson's read-scaling step at this scale: 0, 1, 2 replicas, interleaved."""
-    from workbook.lessons.replicas import app_indexes, prepare_mix, read_scaling_runs, summarise_runs
+    from workbook.lessons.replicas import app_indexes, prepare_mix, read_scaling_runs, scaling_note, summarise_runs
 
     with app_indexes(cluster.target()) as built:
         print("indexes built for the read mix:", ", ".join(built))
@@ -38,7 +39,8 @@ def lesson_arms(cluster: LocalCluster, args: argparse.Namespace) -> None:
         if note:
             print("note:", note)
         runs = read_scaling_runs(cluster.target(), clients=args.clients, duration_s=args.duration, rounds=args.rounds,
-                                 mix=args.mix, prepared=pm)  # fmt: skip
+                                 mix=args.mix, prepared=pm, cluster_home=Path(cluster.home))  # fmt: skip
+        single = concurrency_arms(cluster, args, pm) if args.concurrency else None
     print(f"{'round':>5} " + " ".join(f"{f'+{k} TPS':>10}" for k in runs) + f" {'ratio +2/0':>11}")
     for r in range(args.rounds):
         tps = {k: rs[r].tps for k, rs in runs.items()}
@@ -48,10 +50,36 @@ def lesson_arms(cluster: LocalCluster, args: argparse.Namespace) -> None:
     for k, a in arms.items():
         print(f"primary + {k}: {a['tps']:,.1f} TPS (95% CI {a['tps_ci'][0]}-{a['tps_ci'][1]}), "
               f"p95 {a['p95_ms']} ms (95% CI {a['p95_ms_ci'][0]}-{a['p95_ms_ci'][1]})")  # fmt: skip
+        for node, v in a["by_node"].items():
+            print(f"    {node}: {v['tps']:,.1f} TPS, p95 {v['p95_ms']} ms, throttled in {v['cpu_throttled_share']} of its quota periods")
     ratios = [runs[2][r].tps / runs[0][r].tps for r in range(args.rounds)]
     print(f"\n{args.mix} mix at SF {args.scale}, {args.clients} clients, {args.cpus} CPU per node: primary + 2 replicas "
           f"/ primary alone = {arms[2]['tps'] / arms[0]['tps']:.2f}x over all rounds, median per round "
           f"{statistics.median(ratios):.2f}x (the limit is 3x)")  # fmt: skip
+    note = scaling_note({str(k): a for k, a in arms.items()}, args.clients)
+    if note:
+        print("note:", note)
+    if single:
+        print(single)
+
+
+def concurrency_arms(cluster: LocalCluster, args: argparse.Namespace, pm: object) -> str:
+    """The primary alone, in its CPU budget, with the lesson's clients and with the clients each node
+    has when there are two replicas (a third), in alternating order: how much more one budget
+    serves with fewer backends sharing it."""
+    from workbook.lessons.replicas import _with_replicas
+
+    few = max(1, args.clients // 3)
+    target = _with_replicas(cluster.target(), 0)
+    tps: dict[int, list[float]] = {args.clients: [], few: []}
+    for r in range(args.rounds):
+        for n in (args.clients, few) if r % 2 == 0 else (few, args.clients):
+            run = run_load(target, args.mix, clients=n, duration_s=args.duration, route="primary", prepared=pm)  # type: ignore[arg-type]  # fmt: skip
+            tps[n].append(run.tps)
+    ratios = [a / b for a, b in zip(tps[few], tps[args.clients], strict=True)]
+    return (f"the primary alone at {args.cpus} CPU: {args.clients} clients {statistics.mean(tps[args.clients]):,.0f} TPS, "
+            f"{few} clients {statistics.mean(tps[few]):,.0f} TPS; {few} / {args.clients} clients: median per round "
+            f"{statistics.median(ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
 
 
 def main() -> None:
@@ -64,6 +92,8 @@ def main() -> None:
     ap.add_argument("--mix", default=None, help="default: point (read with --lesson)")
     ap.add_argument("--scale", type=float, default=0.05)
     ap.add_argument("--lesson", action="store_true", help="the replicas lesson's arms: 0, 1, 2 replicas, read mix")
+    ap.add_argument("--concurrency", action="store_true",
+                    help="with --lesson: also the primary alone with the lesson's clients and with a third of them")
     args = ap.parse_args()
     args.mix = args.mix or ("read" if args.lesson else "point")
     if args.clients is None:

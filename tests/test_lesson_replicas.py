@@ -116,6 +116,31 @@ def test_replicas_serve_reads_and_lag_under_a_burst(notebook: tuple[dict[str, An
         assert f["cpus_per_node"] == replicas.CPUS_PER_NODE and f["cpu_budget"] == "cgroup"
     else:
         assert f["cpu_budget"] == "cgroup" or "cpu_budget" in f["not_run"]
+    for k, nodes in (("0", {"primary"}), ("1", {"primary", "replica1"}), ("2", {"primary", "replica1", "replica2"})):
+        assert f["read_tps_per_node"][k] == pytest.approx(f["read_tps"][k] / len(nodes), abs=0.1)
+        shares = f["read_cpu_throttled_share"][k]
+        assert set(shares) == nodes, shares
+        if f["cpu_budget"] == "cgroup":  # read from each node's cpu.stat: at 9 clients a half core is used up
+            assert all(0.3 <= v <= 1 for v in shares.values()), shares
+    speedup = f["read_speedup_2"]
+    if f["read_scaling_note"] is not None:
+        assert f"{speedup:.2f}x with 3 nodes" in f["read_scaling_note"]
+        assert (speedup > 3) == ("more than the 3x" in f["read_scaling_note"])
+
+
+def test_the_scaling_note_says_why_the_speedup_is_off_the_nodes_added() -> None:
+    def arm(tps: float, *nodes: str, share: float | None = 0.95) -> dict[str, Any]:
+        return {"tps": tps, "by_node": {n: {"tps": tps / len(nodes), "cpu_throttled_share": share} for n in nodes}}
+
+    three = ("primary", "replica1", "replica2")
+    beyond = replicas.scaling_note({"0": arm(3000, "primary"), "2": arm(12000, *three)}, 9)
+    assert beyond and "4.00x with 3 nodes is more than the 3x" in beyond and "3,000 TPS with 9 clients" in beyond
+    assert "4,000 TPS per node with 3" in beyond
+    below = replicas.scaling_note({"0": arm(3000, "primary"), "2": arm(5000, *three)}, 9)
+    assert below and "well below the 3x" in below
+    assert replicas.scaling_note({"0": arm(3000, "primary"), "2": arm(8800, *three)}, 9) is None, "about 3x: nothing to explain"
+    shared = replicas.scaling_note({"0": arm(3000, "primary", share=None), "2": arm(12000, *three, share=None)}, 9)
+    assert shared is None, "without CPU budgets the setup step already says the scaling could not be shown"
 
 
 def test_no_stale_read_with_remote_apply_or_lsn_wait(notebook: tuple[dict[str, Any], str]) -> None:

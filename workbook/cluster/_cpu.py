@@ -102,6 +102,16 @@ def node_group(home: Path, name: str) -> Path:
     return home_group(home) / name
 
 
+def throttle_counts(home: Path, name: str) -> tuple[int, int] | None:
+    """A node's cgroup ``(nr_periods, nr_throttled)`` from ``cpu.stat``: how many quota periods it
+    was runnable in and in how many it used up its quota and waited; None without a group."""
+    try:
+        stat = dict(line.split() for line in (node_group(home, name) / "cpu.stat").read_text().splitlines() if line.strip())
+        return int(stat["nr_periods"]), int(stat["nr_throttled"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def cgroup_unusable() -> str | None:
     """Why per-node CPU quotas cannot be made here (None: they can).
 

@@ -37,7 +37,8 @@ stale reads run on its replicas as they are (writes need ``WORKBOOK_ALLOW_WRITES
 the cascade need the local cluster and are marked not run.
 
 Figures: ``read_tps``, ``read_p95_ms`` (``{"0", "1", "2"}`` replicas, with ``read_tps_ci``,
-``read_p95_ms_ci``, ``read_speedup_2``), ``cpus_per_node``, ``cpu_budget``;
+``read_p95_ms_ci``, ``read_speedup_2``, ``read_tps_per_node``, ``read_cpu_throttled_share``,
+``read_scaling_note``), ``cpus_per_node``, ``cpu_budget``;
 ``max_lag_bytes_during_burst`` (and ``max_lag_seconds_during_burst``, ``burst``);
 ``stale_reads_per_1000`` (``async``, ``remote_apply``, ``lsn_wait``), ``stale_commit_p50_ms``,
 ``lsn_wait_p50_ms``; ``commit_p50_ms`` and ``commit_p95_ms`` per level; ``failover`` (``async``,
@@ -319,10 +320,13 @@ def prepare_mix(target: Target, mix: str = MIX) -> tuple[PreparedMix, str | None
 
 
 def read_scaling_runs(target: Target, *, clients: int = CLIENTS, duration_s: float = DURATION_S, rounds: int = ROUNDS,
-                      mix: str = MIX, replicas: tuple[int, ...] = (0, 1, 2),
-                      prepared: PreparedMix | None = None) -> dict[int, list[LoadRun]]:  # fmt: skip
+                      mix: str = MIX, replicas: tuple[int, ...] = (0, 1, 2), prepared: PreparedMix | None = None,
+                      cluster_home: Path | None = None) -> dict[int, list[LoadRun]]:  # fmt: skip
     """The mix from ``clients`` pgbench clients on the primary alone and on primary + k replicas,
-    ``rounds`` times in rotating order (so drift hits every arm)."""
+    ``rounds`` times in rotating order (so drift hits every arm). With ``cluster_home`` (the local
+    cluster, its nodes in cgroup CPU budgets), each run's ``settings["cpu_throttled_share"]``: per
+    node, the share of the quota periods it was runnable in where it used its whole budget."""
+    from ..cluster._cpu import throttle_counts
     from ..traffic import run_load
 
     ks = [k for k in replicas if k <= len(target.replicas)]
@@ -330,13 +334,25 @@ def read_scaling_runs(target: Target, *, clients: int = CLIENTS, duration_s: flo
     runs: dict[int, list[LoadRun]] = {k: [] for k in ks}
     for r in range(rounds):
         for k in ks[r % len(ks):] + ks[: r % len(ks)]:
-            runs[k].append(run_load(_with_replicas(target, k), mix, clients=clients, duration_s=duration_s,
-                                    route="primary" if k == 0 else "all", prepared=pm))  # fmt: skip
+            scoped = _with_replicas(target, k)
+            names = [scoped.primary.name, *(e.name for e in scoped.replicas)]
+            before = {n: throttle_counts(cluster_home, n) for n in names} if cluster_home else {}
+            run = run_load(scoped, mix, clients=clients, duration_s=duration_s, route="primary" if k == 0 else "all",
+                           prepared=pm)  # fmt: skip
+            share: dict[str, float] = {}
+            for n, b in before.items():
+                a = throttle_counts(cluster_home, n) if cluster_home else None
+                if a is not None and b is not None and a[0] > b[0]:
+                    share[n] = round((a[1] - b[1]) / (a[0] - b[0]), 3)
+            if share:
+                run.settings["cpu_throttled_share"] = share
+            runs[k].append(run)
     return runs
 
 
 def summarise_runs(runs: list[LoadRun]) -> dict[str, Any]:
-    """TPS (all rounds' transactions over all rounds' time) and p95 of the pooled latencies, each with its 95% CI."""
+    """TPS (all rounds' transactions over all rounds' time) and p95 of the pooled latencies, each
+    with its 95% CI; per node the same TPS, p95, and (with CPU budgets) the mean throttled share."""
     import numpy as np
 
     from ..traffic.result import percentile, percentile_ci
@@ -345,11 +361,49 @@ def summarise_runs(runs: list[LoadRun]) -> dict[str, Any]:
     elapsed = sum(r.elapsed_s for r in runs)
     lo, hi = percentile_ci(lat, 95)
     tps_lo, tps_hi = _tps_ci(runs)
+    by_node: dict[str, dict[str, Any]] = {}
+    for node in sorted({str(n) for r in runs for n in r.ok["node"].unique()}):
+        node_lat = np.sort(np.concatenate([r.ok.loc[r.ok["node"] == node, "latency_ms"].to_numpy(dtype=float) for r in runs]))
+        shares = [r.settings["cpu_throttled_share"][node] for r in runs
+                  if node in r.settings.get("cpu_throttled_share", {})]  # fmt: skip
+        by_node[node] = {"tps": round(len(node_lat) / elapsed, 1) if elapsed else None,
+                         "p95_ms": round(percentile(node_lat, 95), 3) if len(node_lat) else None,
+                         "cpu_throttled_share": round(sum(shares) / len(shares), 2) if shares else None}  # fmt: skip
     return {"tps": round(len(lat) / elapsed, 1) if elapsed else None, "tps_ci": [tps_lo, tps_hi],
             "p95_ms": round(percentile(lat, 95), 3) if len(lat) else None,
             "p95_ms_ci": [None if math.isnan(lo) else round(lo, 3), None if math.isnan(hi) else round(hi, 3)],
             "rounds_tps": [round(r.tps, 1) for r in runs], "errors": sum(sum(r.errors().values()) for r in runs),
-            "by_node": runs[-1].as_dict()["by_node"]}  # fmt: skip
+            "by_node": by_node}  # fmt: skip
+
+
+def scaling_note(arms: dict[str, dict[str, Any]], clients: int) -> str | None:
+    """What the per-node figures say about the speed-up with the most replicas: beyond the nodes
+    added (each node also serves fewer clients) or below them (something else was the limit)."""
+    if "0" not in arms or len(arms) < 2:
+        return None
+    k = max(arms, key=int)
+    nodes = int(k) + 1
+    base, most = arms["0"].get("tps"), arms[k].get("tps")
+    if not base or not most:
+        return None
+    speedup = most / base
+    per_node = most / nodes
+    shares = [v.get("cpu_throttled_share") for v in arms[k]["by_node"].values()]
+    budget = all(s is not None and s >= 0.5 for s in shares) and (arms["0"]["by_node"].get("primary") or {}).get(
+        "cpu_throttled_share", 0) >= 0.5  # fmt: skip
+    if not budget:
+        return None  # without a budget every node competes for the same CPUs: the setup step says so
+    at = " (every node used its whole CPU budget in most quota periods in both arms)"
+    if speedup > nodes * 1.05:
+        return (f"{speedup:.2f}x with {nodes} nodes is more than the {nodes}x CPU added: one node served "
+                f"{base:,.0f} TPS with {clients} clients and {per_node:,.0f} TPS per node with "
+                f"{clients / nodes:g}{at}: a node's CPU budget does more work when fewer backends share it "
+                "(measured on one node: benchmarks/README.md, 'Read scaling beyond the nodes added')")  # fmt: skip
+    if speedup < nodes * 0.7:
+        return (f"{speedup:.2f}x with {nodes} nodes is well below the {nodes}x CPU added: per node "
+                f"{per_node:,.0f} TPS against {base:,.0f} alone; something outside the nodes' budgets (the "
+                "load generator, the machine's other work) was the limit")  # fmt: skip
+    return None
 
 
 def read_scaling(lab: Lab) -> dict[str, Any]:
@@ -360,12 +414,14 @@ def read_scaling(lab: Lab) -> dict[str, Any]:
             return {"not_run": "the target has no replicas", "arms": {}}
         with app_indexes(target) as built:
             pm, note = prepare_mix(target)
-            runs = read_scaling_runs(target, prepared=pm)
+            c = _cluster(lab)
+            runs = read_scaling_runs(target, prepared=pm, cluster_home=Path(c.home) if c is not None else None)
         for rs in runs.values():
             for r in rs:
                 r.save(lab.store)
+    arms = {str(k): summarise_runs(rs) for k, rs in runs.items()}
     return {"mix": MIX, "clients": CLIENTS, "duration_s": DURATION_S, "rounds": ROUNDS, "note": note, "indexes_built": built,
-            "arms": {str(k): summarise_runs(rs) for k, rs in runs.items()}, "runs": runs}  # fmt: skip
+            "arms": arms, "scaling_note": scaling_note(arms, CLIENTS), "runs": runs}  # fmt: skip
 
 
 # ---- 2. lag during a write burst ---------------------------------------------------------------
@@ -734,6 +790,10 @@ def figures(outputs: dict[str, Any]) -> dict[str, Any]:
         "read_tps_ci": _arm(arms, "tps_ci"), "read_p95_ms_ci": _arm(arms, "p95_ms_ci"),
         "read_mix_note": rs.get("note"),
         "read_speedup_2": round(tps["2"] / tps["0"], 2) if tps["2"] and tps["0"] else None,
+        "read_tps_per_node": {k: (round(v / (int(k) + 1), 1) if v else None) for k, v in tps.items()},
+        "read_cpu_throttled_share": {k: ({n: v["cpu_throttled_share"] for n, v in arms[k]["by_node"].items()}
+                                         if k in arms else None) for k in ("0", "1", "2")},
+        "read_scaling_note": rs.get("scaling_note"),
         "cpus_per_node": s.get("cpus_per_node"), "cpu_budget": s.get("cpu_budget"),
         "max_lag_bytes_during_burst": max((v["max_lag_bytes"] for v in per.values()), default=None),
         "max_lag_seconds_during_burst": max((v["max_lag_seconds"] for v in per.values() if v["max_lag_seconds"] is not None),
