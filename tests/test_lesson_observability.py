@@ -77,6 +77,54 @@ def test_top_lists_the_workload_shapes_in_order_of_calls(lab: LocalCluster) -> N
     assert listed[:3] == list(weights)
 
 
+def test_a_least_privilege_role_is_told_what_it_cannot_see_and_cannot_do(lab: LocalCluster, catalog_unchanged: None) -> None:
+    """A managed cluster's application role: SELECT on the schema, no pg_read_all_stats, no CREATE.
+    Explain works; top says how many statements of other roles it cannot see and the grant that
+    shows them (never '<insufficient privilege>' rows); advise proposes without measuring; compare
+    is refused before anything is built; nothing changes."""
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    target = lab.target()
+    run_load(target, Mix("other role", {"api_key_lookup": 1}), clients=1, duration_s=0.5, driver="pgbench", monitor=False)
+    role, password = "wb_least_privilege", "lp-secret-1"
+    with target.connect() as conn:
+        before = checksum(conn)
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA ai_app TO {0}; GRANT SELECT ON ALL TABLES IN SCHEMA ai_app TO {0}")
+                     .format(sql.Identifier(role)))  # fmt: skip
+    dsn = make_conninfo(**{k: v for k, v in conninfo_to_dict(target.primary.dsn).items() if k not in ("user", "password")},
+                        user=role, password=password)  # fmt: skip
+    env = {"WORKBOOK_HOME": str(lab.home), "WORKBOOK_DSN": dsn}
+    try:
+        ex = run_cli("--allow-plaintext", "explain", "--shape", "conversation_latest_messages", "--json", env=env)
+        assert ex.returncode == 0, ex.stderr
+        assert json.loads(ex.stdout)["nodes"], "a SELECT grant is enough to explain"
+        top = run_cli("--allow-plaintext", "top", "--json", env=env)
+        assert top.returncode == 0, top.stderr
+        doc = json.loads(top.stdout)
+        assert doc["hidden"] > 0 and f"GRANT pg_read_all_stats TO {role}" in doc["note"], doc
+        assert all(s["query"] != "<insufficient privilege>" for s in doc["statements"])
+        text = run_cli("--allow-plaintext", "top", "--limit", "1", env=env)
+        assert f"{doc['hidden']:,} statement" in text.stderr and "hidden from role" in text.stderr, text.stderr
+        adv = run_cli("--allow-plaintext", "advise", "--sql", "SELECT id FROM ai_app.messages WHERE token_count > 900", env=env)
+        assert adv.returncode == 0, adv.stderr
+        assert "not measured" in adv.stdout and "None" not in adv.stdout, adv.stdout
+        cmp = run_cli("--allow-plaintext", "compare", "--shape", "conversation_latest_messages", "--index", "audit_actor_time",
+                      env=env)  # fmt: skip
+        assert cmp.returncode != 0 and cmp.stderr.count("\n") == 1 and "read-only" in cmp.stderr, cmp.stderr
+        assert password not in ex.stderr + top.stderr + adv.stdout + adv.stderr + cmp.stderr
+        with target.connect() as conn:
+            conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(role)))
+        granted = json.loads(run_cli("--allow-plaintext", "top", "--json", env=env).stdout)
+        assert granted["hidden"] == 0 and granted["note"] is None
+    finally:
+        with target.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+            assert checksum(conn) == before
+
+
 def test_fingerprint_maps_placeholders_constants_and_spacing_together() -> None:
     a = "SELECT x FROM t\n WHERE a = %(org_id)s  AND b >= %(since)s::timestamptz LIMIT 20"
     b = "select x from t where a = $1 and b >= $2 limit $3"

@@ -955,8 +955,13 @@ def cmd_advise(args: argparse.Namespace) -> int:
         return 0
     print(advice.reason)
     for c in advice.suggestions:
-        print(f"  {c.ddl};\n      {c.verdict}; size {c.size_bytes or 0:,} B; build {c.build_seconds} s;"
-              f" writes x{c.write_ratio}")  # fmt: skip
+        if not c.verified:  # a read-only target: proposed from the plan, nothing built or timed
+            print(f"  {c.ddl};\n      proposed for {c.why}; not measured (nothing can be built on a read-only target)")
+            continue
+        costs = [f"size {c.size_bytes or 0:,} B", f"build {c.build_seconds} s"]
+        if c.write_ratio is not None:
+            costs.append(f"writes x{c.write_ratio}")
+        print(f"  {c.ddl};\n      {c.verdict}; {'; '.join(costs)}")
     for c in advice.rejected:
         print(f"  (dropped) {c.ddl}: {c.rejected_because}")
     return 0
@@ -986,9 +991,13 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise WorkbookError(f"--limit must be from 1 to 1000, not {args.limit}")
     frame = top_statements(_target(args), order=args.by, limit=args.limit)
+    note = frame.attrs.get("hidden_note")
     if args.json:
-        print(json.dumps({"by": args.by, "statements": frame.to_dict("records")}, indent=2, default=str))
+        print(json.dumps({"by": args.by, "statements": frame.to_dict("records"), "hidden": frame.attrs.get("hidden", 0),
+                          "hidden_ms": frame.attrs.get("hidden_ms", 0.0), "note": note}, indent=2, default=str))  # fmt: skip
         return 0
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if not len(frame):
         print("pg_stat_statements holds no application statement yet; run a workload (workbook bench) first")
     for r in frame.to_dict("records"):

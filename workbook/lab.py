@@ -323,6 +323,8 @@ def _observed(target: Target) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         out["top"] = top_statements(target, limit=10)
+        if out["top"].attrs.get("hidden_note"):
+            out["note"] = out["top"].attrs["hidden_note"]
     except WorkbookError as exc:
         out["note"] = f"no top statements: {exc}"
     out["health"] = health(target)

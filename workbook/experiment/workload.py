@@ -92,20 +92,40 @@ def top_statements(target: Target, *, order: str = "total", limit: int = 10, int
             " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
             f" WHERE d.datname = current_database() ORDER BY {ORDERS[order]} DESC"
         ).fetchall()
+        role = conn.info.user
     shapes = shape_fingerprints()
-    out = []
+    out: list[dict[str, Any]] = []
+    hidden, hidden_ms = 0, 0.0
     for qid, query, calls, total, mean, nrows, hit, read in rows:
-        if not internal and _INTERNAL.search(query):
+        if query == HIDDEN_TEXT:  # another role's statement, to a role without pg_read_all_stats
+            hidden, hidden_ms = hidden + 1, hidden_ms + float(total)
             continue
+        if (not internal and _INTERNAL.search(query)) or len(out) >= limit:
+            continue  # past the limit the rows are read on only to count what is hidden
         out.append({
             "queryid": qid, "shape": shapes.get(fingerprint(query)), "calls": int(calls),
             "total_ms": round(float(total), 3), "mean_ms": round(float(mean), 4), "rows": int(nrows),
             "hit_ratio": round(hit / (hit + read), 4) if hit + read else None, "query": query,
         })  # fmt: skip
-        if len(out) >= limit:
-            break
     cols = ["queryid", "shape", "calls", "total_ms", "mean_ms", "rows", "hit_ratio", "query"]
-    return pd.DataFrame(out, columns=cols)
+    frame = pd.DataFrame(out, columns=cols)
+    frame.attrs["hidden"] = hidden
+    frame.attrs["hidden_ms"] = round(hidden_ms, 3)
+    frame.attrs["hidden_note"] = hidden_note(role, hidden, hidden_ms)
+    return frame
+
+
+HIDDEN_TEXT = "<insufficient privilege>"  # what pg_stat_statements shows for a statement the role may not see
+
+
+def hidden_note(role: str, count: int, total_ms: float) -> str | None:
+    """What a role without ``pg_read_all_stats`` does not see in ``pg_stat_statements``, and the grant that shows it."""
+    if not count:
+        return None
+    return (f"{count:,} statement{'s' if count != 1 else ''} of other roles ({total_ms:,.0f} ms in total) "
+            f"{'are' if count != 1 else 'is'} hidden from role {role!r}: pg_stat_statements shows their text only to "
+            f"members of pg_read_all_stats (GRANT pg_read_all_stats TO {role}; on a managed service, the admin "
+            "role usually has it)")  # fmt: skip
 
 
 def _require_extension(conn: Any) -> None:
@@ -159,7 +179,8 @@ def advise_from_stats(target: Target, *, top: int = 5, order: str = "total", **k
         if len(picked) >= top:
             break
     if not picked:
-        return WorkloadAdvice([], [], [], "pg_stat_statements holds no statement to advise on; run a workload first")
+        why = stats.attrs.get("hidden_note") or "run a workload first"
+        return WorkloadAdvice([], [], [], f"pg_stat_statements holds no statement to advise on; {why}")
     return advise_workload(target, [r["query"] for r in picked], weights=[r["total_ms"] for r in picked],
                            shapes=[r["shape"] for r in picked], **kwargs)  # fmt: skip
 
