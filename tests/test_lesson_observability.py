@@ -216,7 +216,8 @@ def test_budgets_refuse_over_budget_requests_and_nothing_is_overspent(ran: Lesso
     cap = observability.BUDGET_ORGS * observability.BUDGET_TOKENS // observability.REQUEST_TOKENS
     assert tb["accepted"] == cap and tb["refused"] == tb["requests"] - cap == ran.figures["budget_refused"]
     assert tb["overspent_orgs"] == 0 and tb["ledger_matches"]
-    assert tb["overhead"]["kind"] in ("faster", "slower", "no measurable difference") and tb["overhead"]["verdict"]
+    assert tb["overhead"]["kind"] in ("faster", "slower", "no measurable difference", "negligible"), tb["overhead"]
+    assert tb["overhead"]["verdict"]
 
 
 def test_slow_plans_step_captures_the_unindexed_open_of_a_conversation(ran: LessonResult) -> None:
