@@ -210,35 +210,27 @@ def psycopg_pool(lab: Lab, *, clients: int = CLIENTS, pool_size: int = POOL_SIZE
 def _run_clients(client: Any, clients: int, duration_s: float, stop: threading.Event, *,
                  join_timeout_s: float) -> float:  # fmt: skip
     """Run ``client(i)`` in ``clients`` threads for ``duration_s``, then set ``stop`` and join them;
-    the seconds they ran (stop is set and threads are joined even when interrupted).
+    the seconds they ran (stop is set and threads are joined even when interrupted). The clock
+    starts when every thread runs (:class:`~workbook.traffic.pydriver.StartLine`)."""
+    from ..traffic.pydriver import StartLine
 
-    The clock starts when every thread is running: starting 200 threads on 2 busy cores took
-    up to 4.5 s (each ``start`` waits for the GIL behind the threads already hammering the pool),
-    and a run timed from the first start let the early threads starve the late ones past a 5 s
-    pool timeout, with "200 clients" only true for the last part of the run."""
-    ready = threading.Barrier(clients + 1, timeout=120)
+    ready = StartLine(clients)
 
     def run(i: int) -> None:
-        try:
-            ready.wait()
-        except threading.BrokenBarrierError:
-            return
-        client(i)
+        if ready.arrive():
+            client(i)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
     t0 = time.perf_counter()
     try:
         for t in threads:
             t.start()
-        try:
-            ready.wait()
-        except threading.BrokenBarrierError:
-            raise WorkbookError(f"{clients} client threads did not all start within 120 s: the machine is too busy") from None
+        ready.go()
         t0 = time.perf_counter()
         time.sleep(duration_s)
     finally:
         stop.set()
-        ready.abort()
+        ready.call_off()
         elapsed = time.perf_counter() - t0
         for t in threads:
             t.join(timeout=join_timeout_s)

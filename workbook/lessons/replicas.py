@@ -335,15 +335,13 @@ def read_scaling_runs(target: Target, *, clients: int = CLIENTS, duration_s: flo
     for r in range(rounds):
         for k in ks[r % len(ks):] + ks[: r % len(ks)]:
             scoped = _with_replicas(target, k)
-            names = [scoped.primary.name, *(e.name for e in scoped.replicas)]
-            before = {n: throttle_counts(cluster_home, n) for n in names} if cluster_home else {}
+            names = [scoped.primary.name, *(e.name for e in scoped.replicas)] if cluster_home else []
+            before = {n: throttle_counts(cluster_home, n) for n in names if cluster_home}
             run = run_load(scoped, mix, clients=clients, duration_s=duration_s, route="primary" if k == 0 else "all",
                            prepared=pm)  # fmt: skip
-            share: dict[str, float] = {}
-            for n, b in before.items():
-                a = throttle_counts(cluster_home, n) if cluster_home else None
-                if a is not None and b is not None and a[0] > b[0]:
-                    share[n] = round((a[1] - b[1]) / (a[0] - b[0]), 3)
+            after = {n: throttle_counts(cluster_home, n) for n in names if cluster_home}
+            share = {n: round((a[1] - b[1]) / (a[0] - b[0]), 3)
+                     for n, b in before.items() if b and (a := after[n]) and a[0] > b[0]}  # fmt: skip
             if share:
                 run.settings["cpu_throttled_share"] = share
             runs[k].append(run)
@@ -388,10 +386,8 @@ def scaling_note(arms: dict[str, dict[str, Any]], clients: int) -> str | None:
         return None
     speedup = most / base
     per_node = most / nodes
-    shares = [v.get("cpu_throttled_share") for v in arms[k]["by_node"].values()]
-    budget = all(s is not None and s >= 0.5 for s in shares) and (arms["0"]["by_node"].get("primary") or {}).get(
-        "cpu_throttled_share", 0) >= 0.5  # fmt: skip
-    if not budget:
+    shares = [v.get("cpu_throttled_share") for arm in (arms["0"], arms[k]) for v in arm["by_node"].values()]
+    if not all(s is not None and s >= 0.5 for s in shares):
         return None  # without a budget every node competes for the same CPUs: the setup step says so
     at = " (every node used its whole CPU budget in most quota periods in both arms)"
     if speedup > nodes * 1.05:

@@ -47,6 +47,39 @@ START_TIMEOUT_S = 120.0  # how long the client threads may take to start (200 on
 RETRYABLE = ("serialization_failure", "deadlock", "lock_timeout", "connection_lost")
 
 
+class StartLine:
+    """Where ``clients`` threads wait until every one of them runs, so a run's clock starts with all
+    its clients: starting 200 threads on 2 busy cores took seconds (each ``start`` waits for the GIL
+    behind the threads already running), so a clock started with the first thread timed "N
+    clients" only for the tail of a short run, and the first threads had the pool or the server to
+    themselves. ``on_start`` runs once, when the last one arrives, before any is released."""
+
+    def __init__(self, clients: int, *, on_start: Callable[[], None] | None = None,
+                 timeout_s: float = START_TIMEOUT_S) -> None:  # fmt: skip
+        self.clients, self.timeout_s = clients, timeout_s
+        self._barrier = threading.Barrier(clients + 1, action=on_start, timeout=timeout_s)
+
+    def arrive(self) -> bool:
+        """A client thread: wait for the others; False when the run was called off meanwhile."""
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+    def go(self) -> None:
+        """The thread that started the clients: wait for all of them (a one-line error if they do not come)."""
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            raise WorkbookError(f"{self.clients} client threads did not all start within {self.timeout_s:.0f} s: "
+                                "the machine is too busy; try fewer clients") from None  # fmt: skip
+
+    def call_off(self) -> None:
+        """Release every thread still waiting (``arrive`` returns False); harmless after ``go``."""
+        self._barrier.abort()
+
+
 @dataclass
 class Options:
     """What the Python driver adds; every default is what pgbench would do."""
@@ -185,20 +218,15 @@ def run(
     deadline = time.monotonic() + duration_s
     mono0 = time.monotonic()
 
-    def start_clock() -> None:
-        # the run's clock starts when every client thread is running, not when the first starts:
-        # starting 200 threads on 2 busy cores took seconds of a 2.5 s run, so "N clients" held only
-        # for its tail and the first threads had the pool (or the server) to themselves
+    def start_clock() -> None:  # when every client thread is running (StartLine)
         nonlocal t0, deadline, mono0
         t0, mono0 = time.time(), time.monotonic()
         deadline = mono0 + duration_s
 
-    ready = threading.Barrier(clients + 1, action=start_clock, timeout=START_TIMEOUT_S)
+    ready = StartLine(clients, on_start=start_clock)
 
     def client(i: int) -> None:
-        try:
-            ready.wait()
-        except threading.BrokenBarrierError:
+        if not ready.arrive():
             return
         rng = np.random.default_rng(seed * 7919 + i)
         jitter = random.Random(seed * 31 + i)
@@ -295,11 +323,7 @@ def run(
     try:
         for t in threads:
             t.start()
-        try:
-            ready.wait()
-        except threading.BrokenBarrierError:
-            raise WorkbookError(f"{clients} client threads did not all start within {START_TIMEOUT_S:.0f} s: "
-                                "the machine is too busy; try fewer clients") from None  # fmt: skip
+        ready.go()
         next_report, last_count = time.monotonic() + 1, 0
         while any(t.is_alive() for t in threads):
             if should_stop is not None and should_stop():
@@ -315,7 +339,7 @@ def run(
             time.sleep(0.02)
     finally:
         stop.set()
-        ready.abort()
+        ready.call_off()
         time.sleep(0.02)
         if any(t.is_alive() for t in threads):
             _cancel_running(target, app)
