@@ -267,3 +267,13 @@ def test_a_lab_comparison_stops_early_only_when_decided(lab: LocalCluster) -> No
     useless = wb.compare("conversation_latest_messages", wb.what_if("audit_actor_time"), repeats=20, confidence=0.99)
     assert "stopped_early" not in useless.extra and len(useless.treatment.samples_ms) == 20
     assert not useless.verdict.significant, useless.verdict
+
+
+def test_a_step_s_values_align_numbers_right_and_sentences_left() -> None:
+    from workbook.report.html import _step_outputs
+
+    out = "".join(_step_outputs([("note", "more than the 3x CPU added: one node served 3,020 TPS"), ("read_tps", 12.5),
+                                 ("replicas", 2), ("ran", True)], [0], {}))  # fmt: skip
+    assert "<th>note</th><td>more than the 3x" in out
+    assert "<th>read_tps</th><td class='num'>12.5</td>" in out and "<th>replicas</th><td class='num'>2</td>" in out
+    assert "<th>ran</th><td>True</td>" in out

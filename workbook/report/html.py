@@ -271,7 +271,7 @@ def _step_outputs(leaves: Iterable[tuple[str, Any]], counter: list[int], advice:
     def flush() -> None:
         if rows:
             out.append("<table class='values'>" + "".join(
-                f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(_value_text(k, v))}</td></tr>"
+                f"<tr><th>{html.escape(k)}</th><td{_num_class(v)}>{html.escape(_value_text(k, v))}</td></tr>"
                 for k, v in rows) + "</table>")  # fmt: skip
             rows.clear()
 
@@ -293,6 +293,11 @@ def _is_value(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(isinstance(v, scalar) for v in value)
     return isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values())
+
+
+def _num_class(value: Any) -> str:
+    """Numbers right-aligned; a sentence (a note, a reason something did not run) reads from the left."""
+    return " class='num'" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
 def _value_text(label: str, value: Any) -> str:
@@ -385,7 +390,7 @@ def render_lessons(results: list[Any], *, title: str = "Database optimization re
     counter = [0]
     sections = []
     for r in results:
-        figs = "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(cell(k.replace('.', '_'), v))}</td></tr>"
+        figs = "".join(f"<tr><th>{html.escape(k)}</th><td{_num_class(v)}>{html.escape(cell(k.replace('.', '_'), v))}</td></tr>"
                        for k, v in _flat(r.figures))  # fmt: skip
         parts = [f"<section class='lesson' id='lesson-{html.escape(r.name)}'><h1>{html.escape(r.lesson.title)}</h1>",
                  f"<p class='claim'>{html.escape(r.lesson.claim)}</p>",
