@@ -114,6 +114,20 @@ def test_down_destroy_leaves_no_process_and_no_files(cluster_factory) -> None:
     assert not c.home.exists()
 
 
+def test_a_node_killed_with_sigkill_leaves_no_shared_memory_behind(cluster_factory) -> None:
+    from workbook.cluster._procs import shm_segments
+
+    c = cluster_factory()
+    c.up(replicas=0)
+    shm = shm_segments(c.pids()["primary"])  # the postmaster's dynamic shared memory (/dev/shm/PostgreSQL.*)
+    assert shm and all(f.exists() for f in shm), shm
+    c._bare_node("primary").kill()  # SIGKILL: PostgreSQL itself would clean up only at its next start there
+    assert not [f for f in shm if f.exists()]
+    c.up(replicas=0)
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_two_objects_on_one_home_share_one_cluster(cluster_factory) -> None:
     a = cluster_factory()
     a.up()

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from workbook.cluster import LocalCluster
+from workbook.cluster._procs import shm_segments
 from workbook.cluster.drill import SCHEMA, TABLE, failover_drill
 from workbook.errors import ClusterError
 
@@ -71,8 +72,11 @@ def test_async_drill_loses_acknowledged_writes_and_counts_them_exactly(two_repli
     c = two_replicas
     old = c.target().primary.name
     old_pids = c.pids()[old]
+    old_shm = shm_segments(old_pids)  # at least the postmaster's dynamic shared memory control segment
+    assert old_shm and all(f.exists() for f in old_shm), old_shm
     ledger: list[int] = []
     d = failover_drill(c, sync="async", writers=4, duration_s=1.5, on_acknowledged=ledger.append)
+    assert not [f for f in old_shm if f.exists()], "the killed primary's /dev/shm segments outlived the drill"
     missing = set(ledger) - _ids_on(c)
     assert d.acknowledged == len(ledger) > 0
     assert d.lost == len(missing) > 0, "the frozen WAL senders should have cost acknowledged writes"

@@ -7,9 +7,11 @@ killed and the children were re-parented, and how we prove that ``down`` left no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -55,12 +57,16 @@ def send(pid: int, sig: int) -> bool:
 
 
 def kill_all(datadir: Path, timeout: float = 10.0) -> None:
-    """SIGKILL every process serving ``datadir`` and wait until they are gone."""
+    """SIGKILL every process serving ``datadir``, wait until they are gone, and remove the shared
+    memory they had mapped (:func:`shm_segments`)."""
     deadline = time.monotonic() + timeout
+    segments: set[Path] = set()
     while True:
         procs = processes_in(datadir)
         if not procs:
+            remove_segments(segments)
             return
+        segments |= shm_segments(p.pid for p in procs)
         for p in procs:
             send(p.pid, signal.SIGKILL)
         psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
@@ -68,7 +74,40 @@ def kill_all(datadir: Path, timeout: float = 10.0) -> None:
             left = [p.pid for p in processes_in(datadir)]
             if left:
                 raise RuntimeError(f"processes {left} of {str(datadir)!r} survived SIGKILL")
+            remove_segments(segments)
             return
+
+
+#: where PostgreSQL's dynamic shared memory lives (``dynamic_shared_memory_type = posix``, the default)
+SHM_PREFIX = "/dev/shm/PostgreSQL."
+
+
+def shm_segments(pids: Iterable[int]) -> set[Path]:
+    """The ``/dev/shm/PostgreSQL.<handle>`` files these processes have mapped (``/proc/PID/maps``).
+
+    A postmaster removes its dynamic shared memory when it shuts down, or, after a crash, when it
+    starts again on the same data directory. One killed with SIGKILL whose data directory is then
+    dropped (a failover drill's old primary, a destroyed cluster) does neither: its segments stay
+    in ``/dev/shm`` (RAM) until reboot. Read them before the kill; remove them once every process
+    that mapped them is gone."""
+    found: set[Path] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(SHM_PREFIX):
+                found.add(Path(fields[5].removesuffix(" (deleted)")))
+    return found
+
+
+def remove_segments(paths: Iterable[Path]) -> None:
+    """Unlink shared-memory files whose processes are gone (one already removed is fine)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def alive(pid: int) -> bool:
