@@ -387,8 +387,13 @@ def scaling_note(arms: dict[str, dict[str, Any]], clients: int) -> str | None:
     speedup = most / base
     per_node = most / nodes
     shares = [v.get("cpu_throttled_share") for arm in (arms["0"], arms[k]) for v in arm["by_node"].values()]
-    if not all(s is not None and s >= 0.5 for s in shares):
+    if any(s is None for s in shares):
         return None  # without a budget every node competes for the same CPUs: the setup step says so
+    if min(shares) < 0.5:
+        return (f"{speedup:.2f}x with {nodes} nodes, but the nodes used their whole CPU budget in only "
+                f"{min(shares):.0%}-{max(shares):.0%} of its periods: this machine's CPUs, busy with other work, "
+                f"were the limit, not the budgets, so this is not what {nodes} separate machines would show; "
+                "run it again on a quieter machine")  # fmt: skip
     at = " (every node used its whole CPU budget in most quota periods in both arms)"
     if speedup > nodes * 1.05:
         return (f"{speedup:.2f}x with {nodes} nodes is more than the {nodes}x CPU added: one node served "
