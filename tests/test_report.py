@@ -277,3 +277,19 @@ def test_a_step_s_values_align_numbers_right_and_sentences_left() -> None:
     assert "<th>note</th><td>more than the 3x" in out
     assert "<th>read_tps</th><td class='num'>12.5</td>" in out and "<th>replicas</th><td class='num'>2</td>" in out
     assert "<th>ran</th><td>True</td>" in out
+
+
+def test_records_are_tables_identifiers_have_no_separators_and_timeless_plans_say_so() -> None:
+    from workbook.experiment import parse_plan
+    from workbook.report.html import _output, _plan_table
+    from workbook.ui.tables import cell
+
+    records = [{"schema": "ai_app", "index": "messages_org", "scans": 0, "size_bytes": 16384},
+               {"schema": "ai_app", "index": "chunks_org", "scans": 12, "size_bytes": 8192}]  # fmt: skip
+    out = _output("health / unused_indexes", records, [0], {})
+    assert "<table class='dataframe'>" in out and "<td>messages_org</td>" in out and "16 kB" in out and "null" not in out
+    assert cell("queryid", -6934777537615515648) == "-6934777537615515648" and cell("pid", 28248) == "28248"
+    assert cell("calls", 28248) == "28,248" and cell("blocked_by", ["holder"]) == "holder"
+    timeless = parse_plan({"Plan": {"Node Type": "Seq Scan", "Relation Name": "t", "Plan Rows": 10, "Actual Rows": 10,
+                                    "Actual Loops": 1}})  # auto_explain with log_timing off: rows, no times
+    assert "<td class='num'>–</td><td class='num'>" in _plan_table(timeless)

@@ -976,12 +976,7 @@ def _advise_from_stats(target: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(advice.as_dict(), indent=2, default=str))
         return 0
-    print(advice.reason)
-    for k, st in enumerate(advice.statements):
-        print(f"  [{k}] {st['shape'] or '(not a catalog shape)'}: {' '.join(st['statement'].split())[:100]}" + (f"\n      {st['note']}" if st['note'].startswith('skipped') else ''))
-    for w in advice.chosen:
-        serves = ", ".join(f"[{i}] {w.speedups[i]}x" for i in w.speedups)
-        print(f"  {w.candidate.ddl};\n      serves {serves}; size {w.candidate.size_bytes or 0:,} B")
+    print(advice)
     return 0
 
 

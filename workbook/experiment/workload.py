@@ -167,6 +167,19 @@ class WorkloadAdvice:
         return {"statements": self.statements, "chosen": [w.as_dict() for w in self.chosen],
                 "considered": [w.as_dict() for w in self.considered], "reason": self.reason}  # fmt: skip
 
+    def __str__(self) -> str:
+        """What was advised, as the command line and the report say it: the reason, each statement,
+        and each chosen index with the statements it serves and how much faster."""
+        lines = [self.reason]
+        for k, st in enumerate(self.statements):
+            lines.append(f"  [{k}] {st['shape'] or '(not a catalog shape)'}: {' '.join(str(st['statement']).split())[:100]}")
+            if str(st.get("note", "")).startswith("skipped"):
+                lines.append(f"      {st['note']}")
+        for w in self.chosen:
+            serves = ", ".join(f"[{i}] {w.speedups[i]}x" for i in w.speedups)
+            lines.append(f"  {w.candidate.ddl};\n      serves {serves}; size {w.candidate.size_bytes or 0:,} B")
+        return "\n".join(lines)
+
 
 def advise_from_stats(target: Target, *, top: int = 5, order: str = "total", **kwargs: Any) -> WorkloadAdvice:
     """:func:`advise_workload` on the ``top`` statements ``pg_stat_statements`` holds (reads and UPDATE/DELETE)."""

@@ -79,7 +79,7 @@ def _plan_table(plan: Plan) -> str:
         rows.append(
             f"<tr><td>{'&nbsp;' * 4 * n.depth}{html.escape(n.label)}</td><td class='num'>{n.estimated_rows:,.0f}</td>"
             f"<td class='num'>{(n.actual_rows or 0):,.0f}</td>{cell}"
-            f"<td class='num'>{(n.exclusive_ms or 0):.3f}</td><td class='num'>{n.get('Shared Hit Blocks', 0)}/{n.get('Shared Read Blocks', 0)}</td></tr>"
+            f"<td class='num'>{'–' if n.exclusive_ms is None else f'{n.exclusive_ms:.3f}'}</td><td class='num'>{n.get('Shared Hit Blocks', 0)}/{n.get('Shared Read Blocks', 0)}</td></tr>"
         )
     return ("<table><tr><th>node</th><th>est. rows</th><th>actual rows</th><th>misestimate</th><th>self ms</th>"
             "<th>buffers hit/read</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
@@ -319,8 +319,12 @@ def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[
         return f"{head}<p><code>{html.escape(value.summary())}</code></p>{_plan_table(value)}"
     if isinstance(value, pd.DataFrame):
         return head + frame_html(value, max_rows=_TABLE_ROWS)
-    if not isinstance(value, (dict, list, tuple)):  # an object of the library (a LoadRun, ...): its one-line summary
-        return f"{head}<p><code>{html.escape(str(value)[:400])}</code></p>"
+    if not isinstance(value, (dict, list, tuple)):  # an object of the library (a LoadRun, ...): its summary
+        text = str(value)
+        return f"{head}<pre class='wrap'>{html.escape(text[:2000])}</pre>" if "\n" in text else \
+            f"{head}<p><code>{html.escape(text[:400])}</code></p>"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) and _is_value(v) for v in value):
+        return head + frame_html(pd.DataFrame(list(value)), max_rows=_TABLE_ROWS)  # records: a table
     if isinstance(value, (list, tuple)) and not any(isinstance(v, (dict, list, tuple)) for v in value):
         return head + "<ul>" + "".join(f"<li><code>{html.escape(str(v)[:400])}</code></li>" for v in value) + "</ul>"
     return f"{head}<pre class='wrap'>{html.escape(json.dumps(value, indent=2, default=str))}</pre>"

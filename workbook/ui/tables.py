@@ -21,6 +21,7 @@ import pandas as pd
 _SHARE = re.compile(r"(^|_)share(_|$)")  # dead_share, lock_wait_share; not shared_hit
 # ci_low/ci_high alone are a speed-up's interval (comparison figures); a unit named before them wins
 _FACTOR = re.compile(r"(^|_)(speedup|write_cost|write_ratio|vs_plain|misestimate|ratio|factor|ci_low|ci_high)(_|$)")
+_ID = re.compile(r"(^|_)(id|pid|queryid|oid|xid)$")
 _COUNT = re.compile(r"(^|_)(rows|calls|count|loops|runs|hit|read|reads|writes|hits|tokens|token_count|clients|statements|"
                     r"transactions|connections|blocks|dead|pages)(_|$)")  # fmt: skip
 
@@ -52,9 +53,13 @@ def cell(column: str, value: Any) -> str:
     """One value of ``column`` as text, with its unit (see the module's rules)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "–"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return str(value)
     name = column.lower()
+    if _ID.search(name):  # an identifier, not a quantity: no thousands separators
+        return str(value)
     x = float(value)
     if name.endswith("_pct") or name.endswith("percent"):
         return f"{x:.1f}%"
