@@ -58,6 +58,9 @@ def test_report_has_environment_verdicts_plans_findings_and_ddl(report: tuple[Pa
     assert f"PostgreSQL {version}" in text and "checksum" in text and "scale 0.05" in text
     assert len(re.findall(r"<section class='lesson'", text)) == 3 and "<h2>Contents</h2>" in text
     sections = re.findall(r"<section class='experiment'", text)
+    headings = re.findall(r"<section class='experiment' id='exp\d+'><h2>\d+\. (.*?)</h2>", text)
+    assert len(headings) == len(sections) and len(set(headings)) == len(headings), "two experiments read the same"
+    assert all(" tenant" in h for h in headings), headings[:3]
     assert len(sections) == 17  # indexes 5, jsonb 5, planner 7 (three page depths)
     assert text.count("95% CI") >= 17 and "faster, 95% CI" in text
     assert "plan before: <code>Limit &gt; Sort &gt; Seq Scan on messages</code>" in text

@@ -179,13 +179,24 @@ def _plan_json(before: Run, after: Run) -> str:
             f"{body}</details>")  # fmt: skip
 
 
+def _where(run: Run) -> str:
+    """What sets an experiment apart from others on the same shape and change: the tenant tier and
+    the parameters it ran with (a page depth, a tenant), in short."""
+    if len(run.params) == 1:
+        values = ", ".join(f"{k}={v}" for k, v in run.params[0].items())
+        shown = values if len(values) <= 90 else values[:89] + "…"
+        return f"{run.tier} tenant: {shown}"
+    return f"{run.tier} tenant, {len(run.params)} parameter sets"
+
+
 def _experiment(c: Comparison, i: int, advice: tuple[bool, str] | None = None) -> str:
     from ..ui.charts import comparison_spec, plan_svg
 
     b, t = c.baseline, c.treatment
     kind = c.verdict.kind
     parts = [
-        f"<section class='experiment' id='exp{i}'><h2>{i}. {html.escape(c.shape)}: {html.escape(t.label)}</h2>",
+        f"<section class='experiment' id='exp{i}'><h2>{i}. {html.escape(c.shape)}: {html.escape(t.label)} "
+        f"<small>({html.escape(_where(t))})</small></h2>",
         f"<p class='verdict {html.escape(kind)}'>{html.escape(c.verdict.text)}</p>",
         f"<p>median {b.median_ms:.3f} ms → {t.median_ms:.3f} ms, p95 {b.p95_ms:.3f} → {t.p95_ms:.3f} ms; "
         f"{len(t.samples_ms)} {'interleaved' if c.interleaved else 'sequential'} repetitions{html.escape(c.stopped_note)}; "
