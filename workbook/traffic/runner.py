@@ -300,7 +300,8 @@ def run_load(
             if n > free:
                 raise WorkbookError(
                     f"{n} clients on {node} but it takes only {free} more sessions (max_connections minus reserved slots "
-                    "minus sessions open now); use fewer clients, a pool (pool_size=...), or allow_overload=True to see it fail"
+                    "minus sessions open now); use fewer clients or a pool (workbook bench --pool psycopg|pgbouncer; "
+                    "pool_size=... in Python), or, in Python, allow_overload=True to see it fail"
                 )
     app = f"{APP_PREFIX}{uuid.uuid4().hex[:10]}"
     notes: list[str] = []
