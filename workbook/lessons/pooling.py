@@ -581,7 +581,7 @@ def figures(outputs: dict[str, Any]) -> dict[str, Any]:
         "setups": {
             "direct": _run_summary(outputs["direct"]["load"], "python"),
             "psycopg_pool": _run_summary(outputs["psycopg_pool"], "python"),
-            "sqlalchemy": {k: outputs["sqlalchemy"][k] for k in ("tps", "p95_ms", "errors", "driver")},
+            "sqlalchemy": {k: outputs["sqlalchemy"][k] for k in ("tps", "p95_ms", "errors", "driver", "transactions")},
             "pgbouncer": {k: v for k, v in pgb_fig.items() if k != "notes"},
         },
         "direct_connections_opened": outputs["direct"]["connect_storm"]["opened"],

@@ -71,7 +71,9 @@ def lag_chart(frame: pd.DataFrame, burst: tuple[float, float] | None = None, *, 
     for field, title in (("lag_bytes", "lag (bytes of WAL)"), ("lag_seconds", "lag (seconds)")):
         data = frame.dropna(subset=[field]) if field in frame else frame.iloc[0:0]
         line = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
-            x=x, y=alt.Y(f"{field}:Q", title=title), color=color,
+            # bytes as 20M, not 20,000,000: long tick labels ran into the axis title
+            x=x, y=alt.Y(f"{field}:Q", title=title, axis=alt.Axis(format="~s") if field == "lag_bytes" else alt.Undefined),
+            color=color,
             tooltip=["replica:N", alt.Tooltip("t:Q", format=".2f"), alt.Tooltip(f"{field}:Q", format=",.4g")])
         layer = line
         if burst is not None:
