@@ -293,6 +293,7 @@ def test_records_are_tables_identifiers_have_no_separators_and_timeless_plans_sa
     assert "<table class='dataframe'>" in out and "<td>messages_org</td>" in out and "16 kB" in out and "null" not in out
     assert cell("queryid", -6934777537615515648) == "-6934777537615515648" and cell("pid", 28248) == "28248"
     assert cell("calls", 28248) == "28,248" and cell("blocked_by", ["holder"]) == "holder"
+    assert cell("extends", 89.0) == "89" and cell("server_version", 180006) == "180006"  # pg_stat_io's gaps; a version
     timeless = parse_plan({"Plan": {"Node Type": "Seq Scan", "Relation Name": "t", "Plan Rows": 10, "Actual Rows": 10,
                                     "Actual Loops": 1}})  # auto_explain with log_timing off: rows, no times
     assert "<td class='num'>–</td><td class='num'>" in _plan_table(timeless)

@@ -21,7 +21,7 @@ import pandas as pd
 _SHARE = re.compile(r"(^|_)share(_|$)")  # dead_share, lock_wait_share; not shared_hit
 # ci_low/ci_high alone are a speed-up's interval (comparison figures); a unit named before them wins
 _FACTOR = re.compile(r"(^|_)(speedup|write_cost|write_ratio|vs_plain|misestimate|ratio|factor|ci_low|ci_high)(_|$)")
-_ID = re.compile(r"(^|_)(id|pid|queryid|oid|xid)$")
+_ID = re.compile(r"(^|_)(id|pid|queryid|oid|xid|version)$")  # identifiers and versions, not quantities
 _COUNT = re.compile(r"(^|_)(rows|calls|count|loops|runs|hit|read|reads|writes|hits|tokens|token_count|clients|statements|"
                     r"transactions|connections|blocks|dead|pages)(_|$)")  # fmt: skip
 
@@ -77,8 +77,8 @@ def cell(column: str, value: Any) -> str:
         return f"{_num(x)} MB"
     if _FACTOR.search(name):
         return f"{x:.1f}×" if abs(x) >= 10 else f"{x:.2f}×"
-    if _COUNT.search(name) or isinstance(value, numbers.Integral):
-        return f"{x:,.0f}"
+    if _COUNT.search(name) or isinstance(value, numbers.Integral) or x.is_integer():
+        return f"{x:,.0f}"  # a whole number, also one a column with gaps made a float (pg_stat_io's 89.0)
     return _num(x)
 
 
