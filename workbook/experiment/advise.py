@@ -43,6 +43,7 @@ from ..errors import WorkbookError
 from ..statement import as_read, check_statement
 from .costs import index_costs
 from .knobs import WhatIfIndex
+from .pinning import same_cpu
 from .plan import Plan, PlanNode, explain
 from .timing import time_interleaved, verdict
 from .wire import statement_runner
@@ -554,7 +555,8 @@ def _verify(
                 return
 
             runners = [statement_runner(c, query, params) for c in (base, treat)]  # prepared, timed at libpq
-            a, b = time_interleaved(runners, repeats=repeats, warmup=warmup)
+            with same_cpu([base, treat]):
+                a, b = time_interleaved(runners, repeats=repeats, warmup=warmup)
     v = verdict(a, b)
     cand.verified = True
     cand.speedup, cand.ci, cand.verdict, cand.verdict_kind = round(v.ratio, 3), (round(v.ci_low, 3), round(v.ci_high, 3)), v.text, v.kind

@@ -2,7 +2,8 @@
 
 :func:`measure` runs one or more **arms** (a variant plus knobs) of a shape. Each arm gets its own
 connection with its session and what-if knobs applied, so the arms' timings interleave turn by
-turn (see :mod:`workbook.experiment.timing`). Knobs that change the database for everyone (a real
+turn (see :mod:`workbook.experiment.timing`); on a local server the arms' server processes share
+one CPU while timed (:mod:`workbook.experiment.pinning`), and the run records whether they did. Knobs that change the database for everyone (a real
 index, statistics) cannot interleave: then the arms run one after the other, each with its knobs
 applied and reverted, and the result says ``interleaved=False``.
 
@@ -32,6 +33,7 @@ from ..errors import WorkbookError
 from ..statement import reads_only
 from .findings import Finding, findings
 from .knobs import Index, Knob, Variant, WhatIfIndex
+from .pinning import same_cpu
 from .plan import Plan, QueryFailed, _server_message, explain, parse_plan
 from .timing import DEFAULT_THRESHOLD, Verdict, decided_early, median, p95, time_interleaved, verdict
 from .wire import rolled_back, wire_runner
@@ -333,10 +335,12 @@ def measure(
                 conn = stack.enter_context(target.connect())
                 conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
                 conns.append(conn)
+            pinning = stack.enter_context(same_cpu(conns))  # per-CPU noise must not follow one arm
             with target.connect() as aux:  # sampling and context on a connection of their own: the arms' are alike
                 params = [dict(p) for p in given] if given else [qs.sample(aux, tier, k) for k in range(max(1, param_sets))]
                 ctx = measurement_context(aux, target, store)
                 ctx["client"] = client
+                ctx["cpu_pinning"] = pinning
             runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
             time_arms = _time_one_by_one if sequential else _time_interleaved
             samples, plans = time_arms(qs, arms, conns, runners, variants, params[0], timeout_s, timing)

@@ -368,6 +368,7 @@ def overhead(target: Target, statements: dict[str, str], *, repeats: int = 30, w
     percent of the plain median, and the verdict (auto_explain's session is the treatment)."""
     import pandas as pd
 
+    from .pinning import same_cpu
     from .timing import median, time_interleaved, verdict
     from .wire import statement_runner
 
@@ -381,7 +382,8 @@ def overhead(target: Target, statements: dict[str, str], *, repeats: int = 30, w
             for k, v in _settings(3_600_000, 1.0, timing, buffers, conn.info.server_version).items():
                 conn.execute("SELECT set_config(%s, %s, false)", (k, v))
         for label, q in statements.items():
-            base, *arms = time_interleaved([statement_runner(c, q) for c in conns], repeats=repeats, warmup=warmup)
+            with same_cpu(conns):
+                base, *arms = time_interleaved([statement_runner(c, q) for c in conns], repeats=repeats, warmup=warmup)
             rows.append({"statement": label, "arm": "without auto_explain", "median_ms": round(median(base), 4)})
             for arm, samples in zip(OVERHEAD_ARMS, arms, strict=True):
                 cmp = verdict(base, samples)

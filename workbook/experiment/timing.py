@@ -6,7 +6,9 @@ is warmed up first; then the arms take turns, in an order shuffled each round (s
 drift on a shared machine (CPU frequency, a neighbour's job) hits every arm alike. The price:
 each execution follows the other arm's, so a 0.1 ms index probe interleaved with a 60 ms
 parallel scan pays for the scan's leftovers (workers exiting, cold caches) and the interleaved
-ratio is the conservative one (see benchmarks/README.md, toggle).
+ratio is the conservative one (see benchmarks/README.md, toggle). Drift that follows a process
+rather than the clock (one CPU busier than the other) interleaving cannot cancel: the callers pin
+the arms' server processes to one CPU (:mod:`workbook.experiment.pinning`).
 
 The verdict compares medians. Its uncertainty is a percentile bootstrap of the ratio of medians
 (each arm resampled independently). A difference is reported as faster/slower only when the 95 %

@@ -26,6 +26,7 @@ from ..errors import WorkbookError
 from ..statement import as_read, check_statement
 from .advise import Candidate, _candidates, _uses, bind_parameters, generic_plan, parameter_numbers
 from .knobs import WhatIfIndex
+from .pinning import same_cpu
 from .plan import explain
 from .timing import time_interleaved, verdict
 from .wire import statement_runner
@@ -41,7 +42,8 @@ _INTERNAL = re.compile(
     r"CREATE|DROP|ALTER|COPY|LISTEN|TRUNCATE|GRANT|REVOKE|DO|CALL|LOCK)\b"
     r"|pg_catalog\.|\bpg_stat|\bpg_class\b|\bpg_namespace\b|\bpg_index\b|\bpg_attribute\b|\bpg_locks\b|set_config\(|"
     r"current_setting\(|pg_blocking_pids|pg_database|pg_settings|pg_sleep|pg_backend_pid|version\(\)|pg_is_in_recovery|"
-    r"txid_|pg_current_wal|pg_last_wal|information_schema|\bdataset_info\b|\bto_regclass\(|\bpg_extension\b",
+    r"txid_|pg_current_wal|pg_last_wal|information_schema|\bdataset_info\b|\bto_regclass\(|\bpg_extension\b|"
+    r"/\*\s*workbook:",  # the workbook's own bookkeeping, marked (the dataset checksum)
     re.I,
 )  # fmt: skip
 
@@ -283,7 +285,8 @@ def _verify_for(target: Target, w: WorkloadIndex, info: list[dict[str, Any]], *,
                 if not explain(treat, q, analyze=False, timeout_s=timeout_s).uses_index(w.candidate.spec.name):
                     w.verdicts[i] = "not used by the planner"
                     continue
-                a, b = time_interleaved([statement_runner(c, q) for c in (base, treat)], repeats=repeats, warmup=warmup)
+                with same_cpu([base, treat]):
+                    a, b = time_interleaved([statement_runner(c, q) for c in (base, treat)], repeats=repeats, warmup=warmup)
                 v = verdict(a, b)
                 w.verdicts[i] = v.text
                 if v.kind == "faster":

@@ -446,6 +446,7 @@ UNGUARDED = "INSERT INTO {s}.usage (org_id, tokens) VALUES (%(o)s, %(t)s)"
 
 def token_budgets(lab: Lab, *, clients: int = 4, requests: int = 150) -> dict[str, Any]:
     """Four clients race to spend five orgs' budgets; the check and the usage write are one statement."""
+    from ..experiment.pinning import same_cpu
     from ..experiment.timing import time_interleaved, verdict
     from ..experiment.wire import statement_runner
 
@@ -481,8 +482,8 @@ def token_budgets(lab: Lab, *, clients: int = 4, requests: int = 150) -> dict[st
         rows = conn.execute(sql.SQL(
             "SELECT b.org_id, b.token_limit, b.used, coalesce(sum(u.tokens), 0) FROM {}.budgets b LEFT JOIN {}.usage u"
             " USING (org_id) WHERE b.org_id > 0 GROUP BY 1, 2, 3 ORDER BY 1").format(s, s)).fetchall()  # fmt: skip
-        with target.connect() as base, target.connect() as treat:  # the overhead: one org with room to spare
-            params = {"o": 0, "t": 1}
+        with target.connect() as base, target.connect() as treat, same_cpu([base, treat]):  # the overhead: one org
+            params = {"o": 0, "t": 1}  # with room to spare
             a, b = time_interleaved([statement_runner(base, unguarded.as_string(base), params),
                                      statement_runner(treat, guarded.as_string(treat), params)], repeats=20, warmup=3)  # fmt: skip
         v = verdict(a, b)

@@ -196,6 +196,7 @@ def _bad_write(conn: psycopg.Connection[Any], schema: str, name: str, f: dict[st
 def _insert_cost(target: Target, f: dict[str, Any], *, rows: int = 40, repeats: int = 40) -> dict[str, Any]:
     """Valid messages inserted into the shipped-fast copy and into ai_app, interleaved, always rolled back."""
     from ..experiment import time_interleaved, verdict
+    from ..experiment.pinning import same_cpu
 
     params = [(f["conversation"], f["org"], f["user"], "user", f"question {i}", 12) for i in range(rows)]
 
@@ -210,7 +211,7 @@ def _insert_cost(target: Target, f: dict[str, Any], *, rows: int = 40, repeats: 
 
         return run
 
-    with target.connect() as fast, target.connect() as safe:
+    with target.connect() as fast, target.connect() as safe, same_cpu([fast, safe]):
         without, with_ = time_interleaved([runner(fast, SHIPPED_FAST), runner(safe, APP)], repeats=repeats, warmup=3)
     v = verdict(without, with_)  # ratio = without / with: below 1 when the constraints cost time
     import numpy as np
