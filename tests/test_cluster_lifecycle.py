@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from workbook.cluster import LocalCluster
+from workbook.cluster import LocalCluster, _ipc, _procs
 
 from .conftest import alive, make_home, run_cli
 
@@ -23,6 +23,10 @@ def test_kill9_replica_is_reported_down_and_add_replica_heals_it(cluster_factory
     c.up(replicas=1)
     victim = c.pids()["replica1"]
     postmaster = next(n.pid for n in c.status() if n.name == "replica1")
+    data = c.home / "nodes" / "replica1" / "data"
+    shmid = int((data / "postmaster.pid").read_text().splitlines()[6].split()[1])
+    segments = _procs.shm_segments(victim)
+    assert segments and _ipc._sysv(shmid) is not None
     os.kill(postmaster, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while alive(postmaster) and time.monotonic() < deadline:
@@ -36,6 +40,8 @@ def test_kill9_replica_is_reported_down_and_add_replica_heals_it(cluster_factory
     assert healed.state == "streaming" and healed.pid not in (None, postmaster)
     time.sleep(0.2)
     assert not any(alive(p) for p in victim), "orphans of the killed replica must be gone"
+    # its shared memory too: a SIGKILLed postmaster whose data directory is rebuilt would leave it in RAM
+    assert not [p for p in segments if p.exists()] and _ipc._sysv(shmid) is None
     c.wait_caught_up()
     with psycopg.connect(c.dsn("replica1"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM while_down").fetchone()[0] == 1000
@@ -49,6 +55,9 @@ def test_replica_with_lost_data_directory_is_rebuilt_by_up(cluster_factory) -> N
     time.sleep(0.2)
     import shutil
 
+    while _procs.processes_in(node_dir / "data"):
+        time.sleep(0.02)
+    _ipc.release(node_dir / "data")  # a lost disk takes postmaster.pid along: after it, nothing could free this
     shutil.rmtree(node_dir / "data")
     nodes = {n.name: n for n in c.up()}
     assert nodes["replica1"].state == "streaming"

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import psutil
 
+from . import _ipc
+from ._ipc import SHM_PREFIX
+
 
 def processes_in(datadir: Path) -> list[psutil.Process]:
     """Live processes whose working directory is ``datadir``."""
@@ -58,13 +61,15 @@ def send(pid: int, sig: int) -> bool:
 
 def kill_all(datadir: Path, timeout: float = 10.0) -> None:
     """SIGKILL every process serving ``datadir``, wait until they are gone, and remove the shared
-    memory they had mapped (:func:`shm_segments`)."""
+    memory they had mapped (:func:`shm_segments`) and whatever else a postmaster that died without
+    shutting down left behind (:func:`workbook.cluster._ipc.release`)."""
     deadline = time.monotonic() + timeout
     segments: set[Path] = set()
     while True:
         procs = processes_in(datadir)
         if not procs:
             remove_segments(segments)
+            _ipc.release(datadir)
             return
         segments |= shm_segments(p.pid for p in procs)
         for p in procs:
@@ -75,11 +80,10 @@ def kill_all(datadir: Path, timeout: float = 10.0) -> None:
             if left:
                 raise RuntimeError(f"processes {left} of {str(datadir)!r} survived SIGKILL")
             remove_segments(segments)
+            _ipc.release(datadir)
             return
 
 
-#: where PostgreSQL's dynamic shared memory lives (``dynamic_shared_memory_type = posix``, the default)
-SHM_PREFIX = "/dev/shm/PostgreSQL."
 
 
 def shm_segments(pids: Iterable[int]) -> set[Path]:
