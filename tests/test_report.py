@@ -297,3 +297,9 @@ def test_records_are_tables_identifiers_have_no_separators_and_timeless_plans_sa
     timeless = parse_plan({"Plan": {"Node Type": "Seq Scan", "Relation Name": "t", "Plan Rows": 10, "Actual Rows": 10,
                                     "Actual Loops": 1}})  # auto_explain with log_timing off: rows, no times
     assert "<td class='num'>–</td><td class='num'>" in _plan_table(timeless)
+
+
+def test_a_report_without_index_experiments_says_it_tested_none() -> None:
+    from workbook.report.html import _recommended_block
+
+    assert "These lessons tested no index" in _recommended_block([], {})  # the replicas or pooling lesson alone

@@ -117,6 +117,8 @@ def _environment(comps: list[Comparison]) -> str:
         ("checksum", ds.get("checksum", "(not computed)")),
         ("host", f"{host.get('platform')}, {host.get('cpus')} CPUs, {host.get('memory_gb')} GB, Python {host.get('python')}, load {host.get('load_average_1m')}"),
     ]
+    if ctx.get("cpu_pinning"):  # older results did not record it
+        rows.append(("arms' server processes", ctx["cpu_pinning"]))
     settings = ctx.get("settings") or {}
     rows += [(f"setting {k}", v) for k, v in sorted(settings.items())]
     return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
@@ -343,6 +345,8 @@ def _output(label: str, value: Any, counter: list[int], advice: dict[str, tuple[
 
 def _recommended_block(comps: list[Comparison], advice: dict[str, tuple[bool, str]]) -> str:
     keep = [c for c in comps if advice.get(c.comparison_id, (False, ""))[0]]
+    if not advice:  # e.g. a report of the replicas or pooling lesson alone
+        return "<h2>Recommended changes</h2><p>These lessons tested no index, so there is no index to recommend.</p>"
     if not keep:
         return "<h2>Recommended changes</h2><p>No tested index made a query measurably faster.</p>"
     rows = "".join(
