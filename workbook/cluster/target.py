@@ -478,7 +478,9 @@ def _explain_connect_error(ep: Endpoint, exc: Exception) -> str:
     elif "does not exist" in low and "database" in low:
         hint = "check the database name in the DSN"
     elif "connection refused" in low or "no such file or directory" in low:
-        hint = "is the server running and listening there? (for the local cluster: workbook up)"
+        # libpq already asks "Is the server running ...?"; the hint adds only what it does not say
+        hint = ("for the local cluster: workbook up" if "is the server running" in low
+                else "is the server running and listening there? (for the local cluster: workbook up)")
     elif "timeout" in low or "could not translate host name" in low or "resolve host" in low:
         hint = "check the host name and that it is reachable from here"
     else:

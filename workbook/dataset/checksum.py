@@ -81,7 +81,8 @@ def _expression(column: str, kind: str, dialect: str) -> str:
 def table_query(table: str, columns: Iterable[tuple[str, str]], dialect: str) -> str:
     """The query that returns one table's checksum in ``dialect`` ("postgres" or "duckdb")."""
     row = " || '|' || ".join(_expression(name, _kind(dtype), dialect) for name, dtype in columns)
-    return f'SELECT md5(coalesce(string_agg(md5({row}), \'\' ORDER BY "id"), \'\')) FROM "{SCHEMA}"."{table}"'
+    # the comment marks the workbook's own bookkeeping in pg_stat_statements (``workbook top`` leaves it out)
+    return f'SELECT /* workbook: dataset checksum */ md5(coalesce(string_agg(md5({row}), \'\' ORDER BY "id"), \'\')) FROM "{SCHEMA}"."{table}"'
 
 
 def _combine(tables: dict[str, str]) -> Checksum:
