@@ -101,7 +101,7 @@ def test_dsn_passwords_never_show(replicated: LocalCluster) -> None:
 )
 def test_bad_external_dsns_fail_with_one_line(args: list[str], expect: str) -> None:
     line = _one_line_error(run_cli(*args))
-    assert expect in line
+    assert expect.lower() in line.lower()  # a refused connection: libpq's own "Is the server running ...?"
     assert "hunter2" not in line
 
 

@@ -121,6 +121,15 @@ def test_the_log_read_through_sql_gives_the_same(target: Target) -> None:
     assert [p.shape for p in cap.plans if p.shape] == ["conversation_latest_messages"] * 2
 
 
+def test_the_threshold_recorded_is_the_one_auto_explain_applies_in_whole_milliseconds(target: Target) -> None:
+    # log_min_duration counts whole milliseconds: asked for 3.44 ms the server logs from 3 ms (a 3.41 ms statement was
+    # captured "under" the lesson's threshold), and 0.4 ms would round to 0, every statement
+    for asked, applied in ((3.44, "3ms"), (0.4, "1ms")):
+        with capture_slow_plans(target, threshold_ms=asked) as cap:
+            assert _new_session_settings(target) == ("auto_explain", applied)
+        assert cap.ran and cap.threshold_ms == float(applied.removesuffix("ms")), cap
+
+
 def test_settings_are_put_back_when_the_workload_fails_and_after_a_killed_capture(target: Target) -> None:
     with target.connect() as conn:  # the database had its own auto_explain threshold: it must survive
         conn.execute(sql.SQL("ALTER DATABASE {} SET auto_explain.log_min_duration = '5s'").format(sql.Identifier(conn.info.dbname)))

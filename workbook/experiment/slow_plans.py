@@ -282,6 +282,13 @@ def check_threshold(threshold_ms: object, what: str = "threshold_ms") -> float:
     return float(threshold_ms)
 
 
+def applied_threshold(threshold_ms: float) -> float:
+    """The threshold auto_explain applies: ``log_min_duration`` counts whole milliseconds (the server
+    rounds 3.44 to 3, and would round 0.4 to 0, which logs every statement), so a positive threshold
+    becomes at least 1 ms; the capture records this value, not the one asked for."""
+    return 0.0 if threshold_ms == 0 else float(max(1, round(threshold_ms)))
+
+
 @contextmanager
 def capture_slow_plans(
     target: Target,
@@ -296,12 +303,14 @@ def capture_slow_plans(
 ) -> Iterator[Capture]:
     """auto_explain on for the current database while the ``with`` block runs its workload; the plans
     of statements slower than ``threshold_ms`` read from the log afterwards (see the module doc).
+    auto_explain counts whole milliseconds: the threshold applied, and recorded, is
+    :func:`applied_threshold` of the one given.
 
     Yields a :class:`Capture`, filled in when the block ends (``plans``, ``stored``). When it cannot
     run (read-only or managed target, no superuser, log out of reach) ``ran`` is False, ``reason``
     says why, nothing is changed, and the block still runs.
     """
-    check_threshold(threshold_ms)
+    threshold_ms = applied_threshold(check_threshold(threshold_ms))
     if not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1:
         raise WorkbookError(f"sample_rate must be above 0 and at most 1, got {sample_rate!r}")
     if log_access not in ("auto", "file", "sql"):
