@@ -81,6 +81,30 @@ def test_an_index_that_cannot_help_gives_no_measurable_difference(lab: LocalClus
     assert c.verdict.kind in ("no measurable difference", "negligible")  # negligible: real but < 1.10x
 
 
+def test_the_plan_shown_is_the_plan_the_timed_prepared_statement_ran(lab: LocalCluster) -> None:
+    # PostgreSQL plans a prepared statement's first five executions for their values and may run a generic plan from
+    # the sixth: every timed execution is past that point, and the plan shown is the plan cache's, not a fresh one
+    from workbook.dataset.shapes import shape
+    from workbook.experiment import parse_plan, run_shape
+    from workbook.experiment.runs import plan_signature
+    from workbook.experiment.wire import to_positional
+
+    r = run_shape(lab.target(), "tokens_by_model", repeats=6)
+    cache = r.plan.raw["Workbook"]
+    assert cache["plan_cache"] == "generic" and cache["custom_plans"] == 5 and cache["generic_plans"] == 6, cache
+    qs = shape("tokens_by_model")
+    positional = to_positional(qs.variant(None).statements[0])[0].decode()
+    with lab.target().connect() as conn:  # independently: the generic plan, and the plan for these values
+        generic = parse_plan(conn.execute(f"EXPLAIN (GENERIC_PLAN, VERBOSE, FORMAT JSON) {positional}").fetchone()[0])
+        custom = parse_plan(conn.execute(psycopg.sql.SQL("EXPLAIN (VERBOSE, FORMAT JSON) ") + psycopg.sql.SQL(
+            qs.variant(None).statements[0]), r.params[0]).fetchone()[0])  # fmt: skip
+    assert plan_signature(r.plan) == plan_signature(generic), (r.plan.summary(), generic.summary())
+    differs = plan_signature(custom) != plan_signature(generic)
+    assert any(f.rule == "generic_plan" for f in r.findings) == differs
+    if differs:
+        assert cache["custom_plan"] == custom.summary()
+
+
 def test_the_arms_server_processes_share_one_cpu_while_timed_and_move_back_after(lab: LocalCluster) -> None:
     # per-CPU noise follows a process, not the clock: unpinned, 15 of 100 A/A comparisons were "different" at 99 %
     # (benchmarks/README.md, "Arms on one CPU"); every comparison on a local server now pins its arms to one CPU

@@ -159,3 +159,20 @@ def test_plan_diff_names_what_a_change_removed_added_and_kept() -> None:
     assert rows["Seq Scan on messages"]["change"] == "removed" and rows["Seq Scan on messages"]["rows_after"] is None
     added = rows["Index Scan using messages_conversation_created on messages"]
     assert added["change"] == "added" and added["rows_before"] is None and added["rows_after"] == 20
+
+
+def test_a_generic_plan_that_differs_from_the_values_own_plan_is_named_and_nothing_else_is() -> None:
+    from workbook.experiment import parse_plan
+
+    def plan(cache: dict[str, Any] | None) -> Any:
+        doc: dict[str, Any] = {"Plan": {"Node Type": "Seq Scan", "Relation Name": "t", "Plan Rows": 1, "Actual Rows": 1,
+                                        "Actual Loops": 1}, "Execution Time": 1.0}  # fmt: skip
+        if cache is not None:
+            doc["Workbook"] = cache
+        return parse_plan([doc])
+
+    differs = findings(plan({"plan_cache": "generic", "custom_plan": "Index Scan using t_pkey on t"}))
+    assert [f.rule for f in differs] == ["generic_plan"] and "Index Scan using t_pkey on t" in differs[0].message
+    assert "force_custom_plan" in differs[0].knob
+    for same in ({"plan_cache": "generic"}, {"plan_cache": "custom"}, None):  # the same plan, a custom one, none known
+        assert not [f for f in findings(plan(same)) if f.rule == "generic_plan"]

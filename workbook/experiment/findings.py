@@ -151,6 +151,19 @@ def _jit(plan: Plan) -> Finding | None:
     )  # fmt: skip
 
 
+def _generic_plan(plan: Plan) -> Finding | None:
+    cache = plan.raw.get("Workbook") or {}
+    if cache.get("plan_cache") != "generic" or not cache.get("custom_plan"):
+        return None
+    return Finding(
+        "generic_plan", "info", None, "plan cache",
+        "timed as a prepared statement, which PostgreSQL runs with this generic plan from its sixth execution on;"
+        f" for these values alone it would choose another: {cache['custom_plan']}",
+        "an application that prepares statements (psycopg after 5 executions, pgbench -M prepared) gets this plan;"
+        " SET plan_cache_mode = force_custom_plan (per role or session), or unprepared statements, get the other",
+    )  # fmt: skip
+
+
 NODE_RULES = (_seq_scan, _misestimate, _spill, _heap_fetches, _nested_loop, _filter_removed)
 
 
@@ -162,7 +175,8 @@ def findings(plan: Plan) -> list[Finding]:
             f = rule(node)
             if f is not None:
                 out.append(f)
-    jit = _jit(plan)
-    if jit is not None:
-        out.append(jit)
+    for whole in (_jit, _generic_plan):
+        found = whole(plan)
+        if found is not None:
+            out.append(found)
     return out

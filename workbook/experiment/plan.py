@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import psycopg
 
+    from .wire import PlanSource
+
 DEFAULT_TIMEOUT_S = 60.0
 # nodes that read all of their input before they return a row: a Limit above them cannot stop what is below
 _BLOCKING = frozenset({"Sort", "Hash", "HashSetOp"})
@@ -483,8 +485,15 @@ def explain(
     analyze: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     verbose: bool = True,
+    prepared: PlanSource | None = None,
 ) -> Plan:
     """EXPLAIN a statement, executing it (``analyze``) inside a transaction that is rolled back.
+
+    ``prepared``: the statement is a runner's prepared statement (:func:`workbook.experiment.wire.plan_source`),
+    explained as ``EXPLAIN ... EXECUTE name(...)`` with the runner's own wire values, so the plan is
+    the one PostgreSQL's plan cache gives that statement now: after five executions it may be a
+    generic plan, not the one these values would get on their own. The plan's ``raw["Workbook"]``
+    then says which it was (``plan_cache``: "generic" or "custom", and the statement's counts).
 
     Raises :class:`QueryFailed` with the server's message (syntax error, unknown column,
     statement timeout ...); the connection is left usable and nothing is changed.
@@ -514,7 +523,10 @@ def explain(
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(timeout_s * 1000))}ms",))
             if stmt.is_read:  # a read runs READ ONLY: the server refuses any write it might hide
                 conn.execute("SELECT set_config('transaction_read_only', 'on', true)")
-            rows = fetch_rows(conn, text, params)
+            if prepared is None:
+                rows = fetch_rows(conn, text, params)
+            else:
+                rows, cache = _explain_execute(conn, prepared, options)
     except psycopg.errors.QueryCanceled as exc:
         raise QueryFailed(
             f"the statement ran past the {timeout_s:g} s statement timeout and was cancelled (nothing changed); "
@@ -525,7 +537,38 @@ def explain(
         raise QueryFailed(f"the server rejected the statement (nothing changed): {message}") from exc
     if len(rows) != 1:
         raise QueryFailed(f"EXPLAIN returned {len(rows)} rows instead of one plan (nothing changed)")
-    return parse_plan(rows[0][0], sql=stmt.text, params=params if isinstance(params, dict) else None)
+    doc = rows[0][0]
+    if prepared is not None:  # which plan the plan cache gave, kept with the plan (and stored with it)
+        doc = [{**(doc[0] if isinstance(doc, list) else doc), "Workbook": cache}]
+    return parse_plan(doc, sql=stmt.text, params=params if isinstance(params, dict) else None)
+
+
+def _explain_execute(
+    conn: psycopg.Connection[Any], prepared: PlanSource, options: list[str]
+) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+    """``EXPLAIN (options) EXECUTE name($1, ...)`` with the runner's own wire values and types, and
+    what the plan cache did: the statement's generic and custom plan counts (PostgreSQL 14+)
+    before and after, so which kind the explained execution ran is known, not guessed."""
+    from psycopg import sql
+
+    from .wire import check
+
+    name, args = prepared.execute_args()
+    counts = "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = %s"
+    has_counts = conn.info.server_version >= 140000
+    before = conn.execute(counts, (name,)).fetchone() if has_counts else None
+    command = sql.SQL("EXPLAIN ({}) EXECUTE {}{}").format(
+        sql.SQL(", ").join(sql.SQL(o) for o in options), sql.Identifier(name),
+        sql.SQL("({})").format(sql.SQL(", ").join(args)) if args else sql.SQL(""),
+    ).as_bytes(conn)  # fmt: skip
+    result = check(conn, conn.pgconn.exec_params(command, []))  # extended protocol: one statement, as always
+    doc = json.loads(result.get_value(0, 0).decode())
+    cache: dict[str, Any] = {"source": "EXPLAIN ANALYZE EXECUTE of the timed prepared statement", "statement": name}
+    after = conn.execute(counts, (name,)).fetchone() if has_counts else None
+    if before and after:
+        cache["plan_cache"] = "generic" if after[0] > before[0] else "custom"
+        cache["generic_plans"], cache["custom_plans"] = int(before[0]), int(before[1])
+    return [(doc,)], cache
 
 
 def _server_message(exc: Exception, offset: int = 0) -> str:

@@ -8,7 +8,11 @@ index, statistics) cannot interleave: then the arms run one after the other, eac
 applied and reverted, and the result says ``interleaved=False``.
 
 After timing, each arm's plan is captured on the same warmed connection with ``EXPLAIN
-(ANALYZE, BUFFERS ...)`` (rolled back), with its findings and cache state. Every run carries its
+(ANALYZE, BUFFERS ...) EXECUTE`` of the prepared statement that was timed (rolled back), with its
+findings and cache state: PostgreSQL plans a prepared statement's first five executions for their
+values (untimed here) and may switch to a generic plan from the sixth, so the plan shown is the
+plan cache's choice, the one the timed executions ran; when it differs from the plan these values
+would get on their own, the finding ``generic_plan`` says so (:func:`timed_plan`). Every run carries its
 context: server version and settings, the dataset (seed, scale, checksum), the host, and other
 sessions active at the time. Knobs are always reverted, also when the query fails.
 """
@@ -36,13 +40,16 @@ from .knobs import Index, Knob, Variant, WhatIfIndex
 from .pinning import same_cpu
 from .plan import Plan, QueryFailed, _server_message, explain, parse_plan
 from .timing import DEFAULT_THRESHOLD, Verdict, decided_early, median, p95, time_interleaved, verdict
-from .wire import rolled_back, wire_runner
+from .wire import plan_source, rolled_back, wire_runner
 
 if TYPE_CHECKING:
     from ..cluster.target import Target
     from ..results.store import ResultsStore
 
 DEFAULT_TIMEOUT_S = 30.0
+#: untimed warm-up calls at least (after the one untimed check): PostgreSQL plans a prepared statement's
+#: first five executions for their values, and from the sixth may run a generic plan instead
+PLAN_CACHE_WARMUP = 4
 
 
 def _loads(value: Any) -> Any:
@@ -326,7 +333,9 @@ def measure(
     variants = [arm.resolved_variant(qs) for arm in arms]
     all_knobs = [k for arm in arms for k in arm.knobs]
     sequential = any(k.scope == "database" for k in all_knobs)
-    timing = dict(repeats=repeats, warmup=warmup, seed=seed, progress=progress, should_stop=should_stop,
+    # the untimed check plus the warm-up cover the five executions PostgreSQL plans for their values
+    # before it may switch a prepared statement to a generic plan: every timed execution is the steady state
+    timing = dict(repeats=repeats, warmup=max(warmup, PLAN_CACHE_WARMUP), seed=seed, progress=progress, should_stop=should_stop,
                   decided=None if sequential else decided)  # arms timed one after the other cannot be compared mid-way
     try:
         with ExitStack() as stack:
@@ -410,7 +419,7 @@ def _time_one_by_one(
                 knobs.enter_context(reads_only(conns[i]))
             _check(runners[i], qs, variants[i], timeout_s)
             samples[i] = time_interleaved([runners[i]], **timing)[0]
-            plans[i] = explain_shape(conns[i], qs, variants[i], params, timeout_s=timeout_s)[0]
+            plans[i] = timed_plan(conns[i], runners[i], qs, variants[i], params, timeout_s)
     return samples, plans
 
 
@@ -433,7 +442,7 @@ def _time_interleaved(
         for i in range(len(arms)):
             _check(runners[i], qs, variants[i], timeout_s)
         samples = time_interleaved(runners, **timing)
-        plans: list[Plan | None] = [explain_shape(conns[i], qs, variants[i], params, timeout_s=timeout_s)[0]
+        plans: list[Plan | None] = [timed_plan(conns[i], runners[i], qs, variants[i], params, timeout_s)
                                     for i in range(len(arms))]  # fmt: skip
     return samples, plans
 
@@ -448,6 +457,34 @@ def _check(run: Callable[[], object], qs: QueryShape, variant: str, timeout_s: f
         ) from exc
     except psycopg.Error as exc:
         raise QueryFailed(f"{qs.name} ({variant}) failed on the server (nothing changed): {_server_message(exc)}") from exc
+
+
+def timed_plan(
+    conn: psycopg.Connection[Any], run: Callable[[], object], qs: QueryShape, variant: str, params: dict[str, Any],
+    timeout_s: float,
+) -> Plan:  # fmt: skip
+    """The plan the timed executions ran: the runner's own prepared statement explained with
+    ``EXPLAIN ANALYZE EXECUTE`` on its warmed connection, so it is the plan cache's choice (a
+    generic plan from the sixth execution on, when PostgreSQL finds it no dearer) and not a fresh
+    plan for these values. When that generic plan differs from the one these values would get,
+    ``raw["Workbook"]["custom_plan"]`` says what the other would be (finding ``generic_plan``).
+    A runner without a prepared statement of its own (``client="psycopg"``) is explained as before."""
+    source = plan_source(run)
+    if source is None:
+        return explain_shape(conn, qs, variant, params, timeout_s=timeout_s)[0]
+    stmt = qs.variant(variant).statements[0]
+    plan = explain(conn, stmt, params, timeout_s=timeout_s, prepared=source)
+    cache = plan.raw.get("Workbook") or {}
+    if cache.get("plan_cache") == "generic":
+        custom = explain(conn, stmt, params, analyze=False, timeout_s=timeout_s)
+        if plan_signature(custom) != plan_signature(plan):
+            cache["custom_plan"] = custom.summary()
+    return plan
+
+
+def plan_signature(plan: Plan) -> list[tuple[str, str | None, str | None]]:
+    """What makes two plans different plans: each node's type, relation and index, in order."""
+    return [(n.node_type, n.relation, n.index) for n in plan.nodes]
 
 
 def explain_shape(

@@ -2,7 +2,8 @@
 
 Speed is measured by plain execution of prepared statements (what the application would see),
 never by ``EXPLAIN ANALYZE``, whose per-node clock inflates short queries up to ~3x. Every arm
-is warmed up first; then the arms take turns, in an order shuffled each round (seeded), so
+is warmed up first (past the five executions after which PostgreSQL may give a prepared statement
+a generic plan: :data:`workbook.experiment.runs.PLAN_CACHE_WARMUP`); then the arms take turns, in an order shuffled each round (seeded), so
 drift on a shared machine (CPU frequency, a neighbour's job) hits every arm alike. The price:
 each execution follows the other arm's, so a 0.1 ms index probe interleaved with a 60 ms
 parallel scan pays for the scan's leftovers (workers exiting, cold caches) and the interleaved

@@ -29,9 +29,11 @@ import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors
+from psycopg import sql as pgsql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import ConnStatus, ExecStatus, Format, TransactionStatus
 
@@ -134,6 +136,47 @@ class _Step:
         return check(self.conn, self.pgconn.exec_prepared(self.statement(types), wire, formats))
 
 
+@dataclass(frozen=True)
+class PlanSource:
+    """The prepared statement a runner times, with its first parameter set: what ``EXPLAIN ANALYZE
+    EXECUTE`` needs to show the plan the timed executions ran (:func:`workbook.experiment.plan.explain`
+    with ``prepared=``)."""
+
+    step: _Step
+    types: tuple[int, ...]
+    values: list[Any]
+
+    def execute_args(self) -> tuple[str, list[pgsql.Composable]]:
+        """(prepared statement name, its arguments as SQL literals). ``EXECUTE``'s arguments cannot be
+        bound parameters (a utility statement has none), so each value is written as psycopg's text
+        form cast to the type the statement has for it (the server's inference where the runner
+        left the type open)."""
+        conn = self.step.conn
+        name = self.step.statement(self.types).decode()
+        row = conn.execute(
+            "SELECT array(SELECT format_type(t, NULL) FROM unnest(parameter_types::oid[]) WITH ORDINALITY AS u(t, o) ORDER BY o)"
+            " FROM pg_prepared_statements WHERE name = %s", (name,)).fetchone()  # fmt: skip
+        type_names = list(row[0]) if row else []
+        if len(type_names) != len(self.values):
+            raise WorkbookError(f"the prepared statement {name} takes {len(type_names)} parameters, not {len(self.values)}")
+        tx = Transformer(conn)
+        texts = tx.dump_sequence(self.values, [PyFormat.TEXT] * len(self.values)) if self.values else []
+        args: list[pgsql.Composable] = [pgsql.SQL("CAST({} AS {})").format(pgsql.NULL if v is None else pgsql.Literal(bytes(v).decode()),
+                                                    pgsql.SQL(t))  # a type name the server itself wrote
+                for v, t in zip(texts, type_names)]  # fmt: skip
+        return name, args
+
+
+def plan_source(run: Callable[[], object]) -> PlanSource | None:
+    """The prepared statement a :func:`wire_runner` or :func:`statement_runner` times (None for others)."""
+    return getattr(run, "plan_source", None)
+
+
+def _with_source(run: Callable[[], int], step: _Step, types: tuple[int, ...], values: list[Any]) -> Callable[[], int]:
+    run.plan_source = PlanSource(step, types, values)  # type: ignore[attr-defined]
+    return run
+
+
 def check(conn: psycopg.Connection[Any], result: Any) -> Any:
     """The result, or psycopg's exception for it (with the server's diagnostics); a lost
     connection is an ``OperationalError``, as psycopg raises it."""
@@ -148,8 +191,9 @@ def statement_runner(conn: psycopg.Connection[Any], sql: str, params: Any = None
     """One timed execution of any statement (psycopg placeholders; ``params`` None, a mapping or a
     sequence) through libpq, prepared; returns the row count."""
     step = _Step(conn, sql, raw=params is None)
-    bound = step.dump(step.bind(params) if params is not None else [])
-    return _reprepared(lambda: _rowcount(step.execute(*bound)), [step])
+    values = step.bind(params) if params is not None else []
+    bound = step.dump(values)
+    return _with_source(_reprepared(lambda: _rowcount(step.execute(*bound)), [step]), step, bound[0], values)
 
 
 def wire_runner(
@@ -216,7 +260,7 @@ def wire_runner(
                 return _rowcount(check(conn, result))
             return result.ntuples
 
-        return _reprepared(point, steps)
+        return _with_source(_reprepared(point, steps), first, bound[0][0], first.bind(params[0]))
 
     def once() -> int:
         if not write:
@@ -224,7 +268,7 @@ def wire_runner(
         with rolled_back(conn):
             return body()
 
-    return _reprepared(once, steps)
+    return _with_source(_reprepared(once, steps), first, bound[0][0], first.bind(params[0]))
 
 
 @contextmanager
