@@ -45,7 +45,7 @@ from .costs import index_costs
 from .knobs import WhatIfIndex
 from .pinning import same_cpu
 from .plan import Plan, PlanNode, explain
-from .timing import time_interleaved, verdict
+from .timing import PLAN_CACHE_WARMUP, time_interleaved, verdict
 from .wire import statement_runner
 
 if TYPE_CHECKING:
@@ -556,7 +556,7 @@ def _verify(
 
             runners = [statement_runner(c, query, params) for c in (base, treat)]  # prepared, timed at libpq
             with same_cpu([base, treat]):
-                a, b = time_interleaved(runners, repeats=repeats, warmup=warmup)
+                a, b = time_interleaved(runners, repeats=repeats, warmup=max(warmup, PLAN_CACHE_WARMUP + 1))  # past the plan switch
     v = verdict(a, b)
     cand.verified = True
     cand.speedup, cand.ci, cand.verdict, cand.verdict_kind = round(v.ratio, 3), (round(v.ci_low, 3), round(v.ci_high, 3)), v.text, v.kind

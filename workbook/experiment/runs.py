@@ -39,7 +39,7 @@ from .findings import Finding, findings
 from .knobs import Index, Knob, Variant, WhatIfIndex
 from .pinning import same_cpu
 from .plan import Plan, QueryFailed, _server_message, explain, parse_plan
-from .timing import DEFAULT_THRESHOLD, Verdict, decided_early, median, p95, time_interleaved, verdict
+from .timing import DEFAULT_THRESHOLD, PLAN_CACHE_WARMUP, Verdict, decided_early, median, p95, time_interleaved, verdict
 from .wire import plan_source, rolled_back, wire_runner
 
 if TYPE_CHECKING:
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
     from ..results.store import ResultsStore
 
 DEFAULT_TIMEOUT_S = 30.0
-#: untimed warm-up calls at least (after the one untimed check): PostgreSQL plans a prepared statement's
-#: first five executions for their values, and from the sixth may run a generic plan instead
-PLAN_CACHE_WARMUP = 4
 
 
 def _loads(value: Any) -> Any:

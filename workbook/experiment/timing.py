@@ -2,9 +2,9 @@
 
 Speed is measured by plain execution of prepared statements (what the application would see),
 never by ``EXPLAIN ANALYZE``, whose per-node clock inflates short queries up to ~3x. Every arm
-is warmed up first (past the five executions after which PostgreSQL may give a prepared statement
-a generic plan: :data:`workbook.experiment.runs.PLAN_CACHE_WARMUP`); then the arms take turns, in an order shuffled each round (seeded), so
-drift on a shared machine (CPU frequency, a neighbour's job) hits every arm alike. The price:
+is warmed up first (past the five executions after which PostgreSQL may give a prepared
+statement a generic plan: :data:`PLAN_CACHE_WARMUP`); then the arms take turns, in an order
+shuffled each round (seeded), so drift on a shared machine (CPU frequency, a neighbour's job) hits every arm alike. The price:
 each execution follows the other arm's, so a 0.1 ms index probe interleaved with a 60 ms
 parallel scan pays for the scan's leftovers (workers exiting, cold caches) and the interleaved
 ratio is the conservative one (see benchmarks/README.md, toggle). Drift that follows a process
@@ -41,6 +41,9 @@ DEFAULT_THRESHOLD = 1.10
 BOOTSTRAP_RESAMPLES = 4000
 EARLY_LOOKS = (8, 14)  # turns after which a comparison may stop, when its maximum is larger
 EARLY_ALPHA = 0.001  # each interim look's false-alarm rate
+#: untimed warm-up calls at least, after a measurement's one untimed check: PostgreSQL plans a prepared
+#: statement's first five executions for their values and from the sixth may run a generic plan instead
+PLAN_CACHE_WARMUP = 4
 
 
 @dataclass(frozen=True)

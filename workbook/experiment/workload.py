@@ -28,7 +28,7 @@ from .advise import Candidate, _candidates, _uses, bind_parameters, generic_plan
 from .knobs import WhatIfIndex
 from .pinning import same_cpu
 from .plan import explain
-from .timing import time_interleaved, verdict
+from .timing import PLAN_CACHE_WARMUP, time_interleaved, verdict
 from .wire import statement_runner
 
 if TYPE_CHECKING:
@@ -286,7 +286,8 @@ def _verify_for(target: Target, w: WorkloadIndex, info: list[dict[str, Any]], *,
                     w.verdicts[i] = "not used by the planner"
                     continue
                 with same_cpu([base, treat]):
-                    a, b = time_interleaved([statement_runner(c, q) for c in (base, treat)], repeats=repeats, warmup=warmup)
+                    a, b = time_interleaved([statement_runner(c, q) for c in (base, treat)], repeats=repeats,
+                                            warmup=max(warmup, PLAN_CACHE_WARMUP + 1))  # past the plan switch
                 v = verdict(a, b)
                 w.verdicts[i] = v.text
                 if v.kind == "faster":
