@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import REPO, destroy_and_prove, make_home, run_cli
 from workbook import cli
-from workbook.cluster import LocalCluster, Target
+from workbook.cluster import LocalCluster, Target, _ipc, _procs
 from workbook.cluster.target import redact_dsn, redact_dsn_text, redact_text
 from workbook.dataset import checksum, dataset_info, duckdb_checksum, load, to_duckdb
 from workbook.dataset import duck as duck_module
@@ -334,10 +334,17 @@ def test_crashed_primary_promote_warns_of_lost_commits_and_no_file_holds_the_pas
     with cluster.target().connect() as conn:
         conn.execute("CREATE TABLE lost_on_failover AS SELECT generate_series(1, 1000) AS id")
         behind = int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (received,)).fetchone()[0])
+    data = cluster.home / "nodes" / "primary" / "data"
+    shmid = int((data / "postmaster.pid").read_text().splitlines()[6].split()[1])
+    segments = _procs.shm_segments(p.pid for p in _procs.processes_in(data))
+    assert segments and _ipc._sysv(shmid) is not None
     os.kill(_postmaster(cluster, "primary"), signal.SIGKILL)
 
     res = run_cli("--home", str(cluster.home), "promote", "replica1")
     assert res.returncode == 0, res.stderr
+    # the crashed primary's data directory is dropped, so no start of PostgreSQL would ever free its shared memory:
+    # the workbook does (its System V header and the /dev/shm segments it listed), or they stay in RAM until reboot
+    assert _ipc._sysv(shmid) is None and not [p for p in segments if p.exists()]
     warnings = res.stderr.strip().splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: "), res.stderr
     assert "not shut down cleanly" in warnings[0] and "may be lost" in warnings[0]

@@ -48,16 +48,25 @@ def release(datadir: Path) -> list[str]:
         return []
     if _running(pid):
         return []
+    if ctypes.sizeof(ctypes.c_void_p) != 8:  # the header's offsets below are those of 64-bit builds
+        return []
     seg = _sysv(shmid)
     if seg is None or seg["cpid"] != pid or seg["nattch"] != 0:
         return []
-    header = _read_sysv(shmid, 32)
+    header = _read_sysv(shmid, 56)
     if header is None:
         return []
+    # PGShmemHeader (src/include/storage/pg_shmem.h): magic, creatorPID, totalsize, freeoffset,
+    # dsm_control, index, device, inode; the server itself refuses a header of another data directory
     magic, creator = struct.unpack_from("=iI", header, 0)
-    if magic != _PG_SHMEM_MAGIC or creator != pid:
+    control = struct.unpack_from("=I", header, 24)[0]
+    device, inode = struct.unpack_from("=QQ", header, 40)
+    try:
+        st = datadir.stat()
+    except OSError:
         return []
-    control = struct.unpack_from("=I", header, 24)[0]  # PGShmemHeader.dsm_control, after two Size fields
+    if magic != _PG_SHMEM_MAGIC or creator != pid or (device, inode) != (st.st_dev, st.st_ino):
+        return []
     removed = []
     for handle in [*_listed(control, major, seg["uid"]), control]:
         path = Path(f"{SHM_PREFIX}{handle}")

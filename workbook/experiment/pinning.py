@@ -13,16 +13,19 @@ In CI the workbook itself had called an index the query cannot use "1.34x faster
 
 :func:`same_cpu` moves the arms' server processes onto one CPU for the measurement, and back
 afterwards, so every arm meets the same core in the same state. It only touches a process it can
-prove is the far end of one of these connections: a ``postgres:`` process on this machine whose
-process title names this connection's client port (a server in a container, on another host or
-behind a pooler has pids that mean nothing here, and is left alone). When it cannot pin, it says
-why, and the measurement goes on as before; the reason is recorded with the run.
+prove is the far end of one of these connections: the connection's TCP socket, seen from this
+machine's network namespace (``/proc/net/tcp``), has a server end whose inode is an open file of
+that ``postgres:`` process. A server in a container, in another namespace, on another host or
+behind a pooler fails that proof and is left alone. When it cannot pin, it says why, and the
+measurement goes on as before; the reason is recorded with the run. Parallel workers are started
+by the postmaster, not by the pinned process, and run wherever Linux puts them.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -40,24 +43,33 @@ def same_cpu(conns: Sequence[Any]) -> Iterator[str]:
     if reason:
         yield f"not pinned: {reason}"
         return
+    before: dict[int, set[int]] = {}
+    moved: list[int] = []
     try:
-        before = {pid: os.sched_getaffinity(pid) for pid in pids}
+        for pid in pids:
+            before[pid] = os.sched_getaffinity(pid)
         cpu = _last_cpu(pids[0])
         if cpu not in before[pids[0]]:
             cpu = min(before[pids[0]])
         for pid in pids:
             os.sched_setaffinity(pid, {cpu})
-    except (PermissionError, ProcessLookupError, OSError) as exc:
+            moved.append(pid)
+    except OSError as exc:  # PermissionError, ProcessLookupError, EINVAL (a CPU outside a cpuset) ...
+        _restore({pid: before[pid] for pid in moved})  # a half-done pin is undone
         yield f"not pinned: the server processes could not be moved ({exc.strerror or exc})"
         return
     try:
         yield f"server processes on CPU {cpu}"
     finally:
-        for pid, cpus in before.items():
-            try:
-                os.sched_setaffinity(pid, cpus)
-            except OSError:  # the connection closed and its process exited: nothing to restore
-                pass
+        _restore(before)
+
+
+def _restore(cpu_sets: dict[int, set[int]]) -> None:
+    for pid, cpus in cpu_sets.items():
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # the connection closed and its process exited: nothing to restore
+            pass
 
 
 def _backend_pids(conns: Sequence[Any]) -> tuple[list[int], str]:
@@ -70,23 +82,19 @@ def _backend_pids(conns: Sequence[Any]) -> tuple[list[int], str]:
         return [], "this process may use only one CPU"
     pids = []
     for conn in conns:
-        port = _client_port(conn)
-        if port is None:
+        ends = _socket_ends(conn)
+        if ends is None:
             return [], "not a TCP connection, so its server process cannot be identified"
         pid = int(conn.info.backend_pid)
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return [], "the server's processes are not on this machine"
-        if not title.startswith("postgres:") or f"({port})" not in title:
-            return [], "the server's processes are not on this machine (or behind a pooler)"
+        inode = _server_inode(*ends)
+        if inode is None or not _is_postgres(pid) or not _holds_socket(pid, inode):
+            return [], "the server's processes are not this machine's (another host, namespace or container, or a pooler)"
         pids.append(pid)
     return pids, ""
 
 
-def _client_port(conn: Any) -> int | None:
-    """The local port of ``conn``'s socket (what the server's process title shows), or None."""
+def _socket_ends(conn: Any) -> tuple[int, tuple[str, int], tuple[str, int]] | None:
+    """(address family, local end, server end) of ``conn``'s socket, or None when it is not TCP."""
     try:
         sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
     except OSError:
@@ -94,9 +102,58 @@ def _client_port(conn: Any) -> int | None:
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
-        return int(sock.getsockname()[1])
+        local, peer = sock.getsockname(), sock.getpeername()
+        return sock.family, (local[0], int(local[1])), (peer[0], int(peer[1]))
     finally:
         sock.close()
+
+
+def _proc_addr(family: int, host: str, port: int) -> str:
+    """An address as /proc/net/tcp{,6} writes it: the address's 32-bit words in host order, then the port."""
+    raw = socket.inet_pton(family, host)
+    words = struct.unpack(f"={len(raw) // 4}I", raw)
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def _server_inode(family: int, local: tuple[str, int], peer: tuple[str, int]) -> int | None:
+    """The inode of the server's end of this connection: the socket whose local end is our peer and
+    whose remote end is us, in this network namespace's table."""
+    table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
+    theirs, ours = _proc_addr(family, *peer), _proc_addr(family, *local)
+    try:
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 9 and fields[1] == theirs and fields[2] == ours:
+                    return int(fields[9]) or None
+    except (OSError, StopIteration):
+        return None
+    return None
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"postgres:")
+    except OSError:
+        return False
+
+
+def _holds_socket(pid: int, inode: int) -> bool:
+    """Whether ``pid`` has the socket ``inode`` open (``/proc/PID/fd``: needs the same user, or root)."""
+    want = f"socket:[{inode}]"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _last_cpu(pid: int) -> int:
