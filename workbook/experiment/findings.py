@@ -8,7 +8,7 @@ quote them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .plan import Plan, PlanNode
@@ -175,6 +175,10 @@ def findings(plan: Plan) -> list[Finding]:
             f = rule(node)
             if f is not None:
                 out.append(f)
+    if (plan.raw.get("Workbook") or {}).get("plan_cache") == "generic":  # estimated without the parameter values
+        out = [replace(f, knob=f"{f.knob}; but this is a generic plan, estimated without the parameter values: "
+                               "see the plan for these values (plan_cache_mode = force_custom_plan) first")
+               if f.rule == "row_misestimate" else f for f in out]  # fmt: skip
     for whole in (_jit, _generic_plan):
         found = whole(plan)
         if found is not None:

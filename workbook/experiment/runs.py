@@ -330,9 +330,7 @@ def measure(
     variants = [arm.resolved_variant(qs) for arm in arms]
     all_knobs = [k for arm in arms for k in arm.knobs]
     sequential = any(k.scope == "database" for k in all_knobs)
-    # the untimed check plus the warm-up cover the five executions PostgreSQL plans for their values
-    # before it may switch a prepared statement to a generic plan: every timed execution is the steady state
-    timing = dict(repeats=repeats, warmup=max(warmup, PLAN_CACHE_WARMUP), seed=seed, progress=progress, should_stop=should_stop,
+    timing: dict[str, Any] = dict(repeats=repeats, warmup=warmup, seed=seed, progress=progress, should_stop=should_stop,
                   decided=None if sequential else decided)  # arms timed one after the other cannot be compared mid-way
     try:
         with ExitStack() as stack:
@@ -347,6 +345,9 @@ def measure(
                 ctx = measurement_context(aux, target, store)
                 ctx["client"] = client
                 ctx["cpu_pinning"] = pinning
+            # the untimed check plus the warm-up take every parameter set's statement past the five executions
+            # PostgreSQL plans for their values before it may switch to a generic plan: timed is the steady state
+            timing["warmup"] = max(warmup, (PLAN_CACHE_WARMUP + 1) * len(params) - 1)
             runners = [shape_runner(c, qs, v, params, client) for c, v in zip(conns, variants)]
             time_arms = _time_one_by_one if sequential else _time_interleaved
             samples, plans = time_arms(qs, arms, conns, runners, variants, params[0], timeout_s, timing)
@@ -467,8 +468,12 @@ def timed_plan(
     ``raw["Workbook"]["custom_plan"]`` says what the other would be (finding ``generic_plan``).
     A runner without a prepared statement of its own (``client="psycopg"``) is explained as before."""
     source = plan_source(run)
-    if source is None:
-        return explain_shape(conn, qs, variant, params, timeout_s=timeout_s)[0]
+    if source is None or source.name() is None:  # psycopg's own statement, or the server no longer has ours
+        plan = explain_shape(conn, qs, variant, params, timeout_s=timeout_s)[0]
+        if source is not None:
+            plan.raw["Workbook"] = {"plan_cache": "unknown", "source": "EXPLAIN ANALYZE with these values: the timed "
+                                    "prepared statement was gone (deallocated, or renamed by a pooler)"}  # fmt: skip
+        return plan
     stmt = qs.variant(variant).statements[0]
     plan = explain(conn, stmt, params, timeout_s=timeout_s, prepared=source)
     cache = plan.raw.get("Workbook") or {}

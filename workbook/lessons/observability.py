@@ -485,7 +485,7 @@ def token_budgets(lab: Lab, *, clients: int = 4, requests: int = 150) -> dict[st
         with target.connect() as base, target.connect() as treat, same_cpu([base, treat]):  # the overhead: one org
             params = {"o": 0, "t": 1}  # with room to spare
             a, b = time_interleaved([statement_runner(base, unguarded.as_string(base), params),
-                                     statement_runner(treat, guarded.as_string(treat), params)], repeats=20, warmup=3)  # fmt: skip
+                                     statement_runner(treat, guarded.as_string(treat), params)], repeats=20, warmup=5)  # fmt: skip
         v = verdict(a, b)
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(s))
     orgs = [{"org_id": r[0], "limit": int(r[1]), "used": int(r[2]), "usage_rows_tokens": int(r[3])} for r in rows]
