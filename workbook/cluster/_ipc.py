@@ -46,7 +46,9 @@ def release(datadir: Path) -> list[str]:
         major = int((datadir / "PG_VERSION").read_text().split(".")[0])
     except (OSError, ValueError, IndexError):
         return []
-    if _running(pid):
+    from ._procs import alive  # here: _procs imports this module
+
+    if alive(pid):
         return []
     if ctypes.sizeof(ctypes.c_void_p) != 8:  # the header's offsets below are those of 64-bit builds
         return []
@@ -103,14 +105,6 @@ def _listed(control: int, major: int, uid: int) -> list[int]:
             continue
         out.append(handle)
     return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _sysv(shmid: int) -> dict[str, int] | None:

@@ -181,8 +181,6 @@ def failover_drill(
             _freeze_wal_senders(cluster, frozen)
             acked_at_freeze = run.acknowledged_count()
             time.sleep(behind)
-            # its shared memory: a SIGKILLed postmaster leaves it in /dev/shm, and its data directory is dropped
-            old_shm = _procs.shm_segments(p.pid for p in _procs.processes_in(old_root / "data"))
             t_kill = _kill_primary(cluster, primary.name, frozen)
             killed = True
             run.stop()
@@ -210,7 +208,6 @@ def failover_drill(
         left = _left_behind(old_root, old_pids)  # before heal: a new replica may get the old primary's name
         if left:
             raise ClusterError(f"processes {left} of the killed primary {primary.name!r} are still running")
-        _procs.remove_segments(old_shm)
         if heal:
             cluster.up(replicas=len(replicas))
         if cluster.sync_commit()["mode"] != "async":
