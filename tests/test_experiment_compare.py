@@ -128,9 +128,11 @@ def test_a_plan_explained_through_execute_keeps_every_value_and_a_vanished_state
             assert run() == 1
         source = plan_source(run)
         assert source is not None
-        name, args = source.execute_args()
+        prepared = source.execute_args()
+        assert prepared is not None
+        name, args = prepared
         assert "bpchar" in psycopg.sql.SQL(", ").join(args).as_string(conn)
-        plan = explain(conn, "SELECT * FROM codes WHERE code = %s", ["BUILDING"], prepared=source)
+        plan = explain(conn, "SELECT * FROM codes WHERE code = %s", ["BUILDING"], prepared=prepared)
         assert plan.root.actual_rows == 1 and plan.raw["Workbook"]["statement"] == name
     finally:
         conn.execute("DROP TABLE codes")

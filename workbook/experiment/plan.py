@@ -36,10 +36,11 @@ from ..errors import ReadOnlyTarget, WorkbookError
 from ..statement import check_statement, fetch_rows, session_read_only
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
     import psycopg
-
-    from .wire import PlanSource
+    import psycopg.sql
 
 DEFAULT_TIMEOUT_S = 60.0
 # nodes that read all of their input before they return a row: a Limit above them cannot stop what is below
@@ -485,12 +486,13 @@ def explain(
     analyze: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     verbose: bool = True,
-    prepared: PlanSource | None = None,
+    prepared: tuple[str, Sequence[psycopg.sql.Composable]] | None = None,
 ) -> Plan:
     """EXPLAIN a statement, executing it (``analyze``) inside a transaction that is rolled back.
 
-    ``prepared``: the statement is a runner's prepared statement (:func:`workbook.experiment.wire.plan_source`),
-    explained as ``EXPLAIN ... EXECUTE name(...)`` with the runner's own wire values, so the plan is
+    ``prepared``: the statement is a runner's prepared statement, as (name, arguments) from
+    :meth:`workbook.experiment.wire.PlanSource.execute_args`, explained as ``EXPLAIN ... EXECUTE
+    name(...)`` with the runner's own values, so the plan is
     the one PostgreSQL's plan cache gives that statement now: after five executions it may be a
     generic plan, not the one these values would get on their own. The plan's ``raw["Workbook"]``
     then says which it was (``plan_cache``: "generic" or "custom", and the statement's counts).
@@ -526,7 +528,7 @@ def explain(
             if prepared is None:
                 rows = fetch_rows(conn, text, params)
             else:
-                rows, cache = _explain_execute(conn, prepared, options)
+                rows, cache = _explain_execute(conn, *prepared, options)
     except psycopg.errors.QueryCanceled as exc:
         raise QueryFailed(
             f"the statement ran past the {timeout_s:g} s statement timeout and was cancelled (nothing changed); "
@@ -544,16 +546,15 @@ def explain(
 
 
 def _explain_execute(
-    conn: psycopg.Connection[Any], prepared: PlanSource, options: list[str]
+    conn: psycopg.Connection[Any], name: str, args: Sequence[psycopg.sql.Composable], options: list[str]
 ) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
-    """``EXPLAIN (options) EXECUTE name($1, ...)`` with the runner's own wire values and types, and
-    what the plan cache did: the statement's generic and custom plan counts (PostgreSQL 14+)
-    before and after, so which kind the explained execution ran is known, not guessed."""
+    """``EXPLAIN (options) EXECUTE name(args)``, and what the plan cache did: the statement's generic
+    and custom plan counts (PostgreSQL 14+) before and after, so which kind the explained execution
+    ran is known, not guessed."""
     from psycopg import sql
 
     from .wire import check
 
-    name, args = prepared.execute_args()
     counts = "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = %s"
     has_counts = conn.info.server_version >= 140000
     before = conn.execute(counts, (name,)).fetchone() if has_counts else None

@@ -3,18 +3,19 @@
 :func:`measure` runs one or more **arms** (a variant plus knobs) of a shape. Each arm gets its own
 connection with its session and what-if knobs applied, so the arms' timings interleave turn by
 turn (see :mod:`workbook.experiment.timing`); on a local server the arms' server processes share
-one CPU while timed (:mod:`workbook.experiment.pinning`), and the run records whether they did. Knobs that change the database for everyone (a real
-index, statistics) cannot interleave: then the arms run one after the other, each with its knobs
-applied and reverted, and the result says ``interleaved=False``.
+one CPU while timed (:mod:`workbook.experiment.pinning`), and the run records whether they did.
+Knobs that change the database for everyone (a real index, statistics) cannot interleave: then
+the arms run one after the other, each with its knobs applied and reverted, and the result says
+``interleaved=False``.
 
 After timing, each arm's plan is captured on the same warmed connection with ``EXPLAIN
 (ANALYZE, BUFFERS ...) EXECUTE`` of the prepared statement that was timed (rolled back), with its
 findings and cache state: PostgreSQL plans a prepared statement's first five executions for their
 values (untimed here) and may switch to a generic plan from the sixth, so the plan shown is the
 plan cache's choice, the one the timed executions ran; when it differs from the plan these values
-would get on their own, the finding ``generic_plan`` says so (:func:`timed_plan`). Every run carries its
-context: server version and settings, the dataset (seed, scale, checksum), the host, and other
-sessions active at the time. Knobs are always reverted, also when the query fails.
+would get on their own, the finding ``generic_plan`` says so (:func:`timed_plan`). Every run
+carries its context: server version and settings, the dataset (seed, scale, checksum), the host,
+and other sessions active at the time. Knobs are always reverted, also when the query fails.
 """
 
 from __future__ import annotations
@@ -468,14 +469,15 @@ def timed_plan(
     ``raw["Workbook"]["custom_plan"]`` says what the other would be (finding ``generic_plan``).
     A runner without a prepared statement of its own (``client="psycopg"``) is explained as before."""
     source = plan_source(run)
-    if source is None or source.name() is None:  # psycopg's own statement, or the server no longer has ours
+    prepared = source.execute_args() if source is not None else None
+    if prepared is None:  # psycopg's own statement, or the server no longer has ours
         plan = explain_shape(conn, qs, variant, params, timeout_s=timeout_s)[0]
         if source is not None:
             plan.raw["Workbook"] = {"plan_cache": "unknown", "source": "EXPLAIN ANALYZE with these values: the timed "
                                     "prepared statement was gone (deallocated, or renamed by a pooler)"}  # fmt: skip
         return plan
     stmt = qs.variant(variant).statements[0]
-    plan = explain(conn, stmt, params, timeout_s=timeout_s, prepared=source)
+    plan = explain(conn, stmt, params, timeout_s=timeout_s, prepared=prepared)
     cache = plan.raw.get("Workbook") or {}
     if cache.get("plan_cache") == "generic":
         custom = explain(conn, stmt, params, analyze=False, timeout_s=timeout_s)

@@ -146,37 +146,29 @@ class PlanSource:
     types: tuple[int, ...]
     values: list[Any]
 
-    def name(self) -> str | None:
-        """The timed statement's name, when the server still holds it as the runner prepared it
-        (None after a ``DEALLOCATE``, or through a pooler that renames prepared statements)."""
+    def execute_args(self) -> tuple[str, list[pgsql.Composable]] | None:
+        """(prepared statement name, its arguments as SQL literals), or None when the server no longer
+        holds the statement as the runner prepared it (after a ``DEALLOCATE``, or through a pooler
+        that renames prepared statements). ``EXECUTE``'s arguments cannot be bound parameters (a
+        utility statement has none), so each value is written as psycopg's text form cast to the
+        type the statement has for it (the server's inference where the runner left the type open;
+        ``format_type(t, -1)``, so ``char(n)`` is ``bpchar``, not ``character(1)``)."""
         prepared = self.step.prepared.get(self.types)
         if prepared is None:
             return None
-        row = self.step.conn.execute(
-            "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = %s", (prepared.decode(),)
-        ).fetchone()
-        return prepared.decode() if row is not None and row[0] == len(self.values) else None
-
-    def execute_args(self) -> tuple[str, list[pgsql.Composable]]:
-        """(prepared statement name, its arguments as SQL literals). ``EXECUTE``'s arguments cannot be
-        bound parameters (a utility statement has none), so each value is written as psycopg's text
-        form cast to the type the statement has for it (the server's inference where the runner
-        left the type open; ``format_type(t, -1)``, so ``char(n)`` is ``bpchar``, not ``character(1)``)."""
-        name = self.name()
-        if name is None:
-            raise WorkbookError("the timed prepared statement is no longer on the server; nothing to EXPLAIN EXECUTE")
-        conn = self.step.conn
+        name, conn = prepared.decode(), self.step.conn
         row = conn.execute(
             "SELECT array(SELECT format_type(t, -1) FROM unnest(parameter_types::oid[]) WITH ORDINALITY AS u(t, o) ORDER BY o)"
             " FROM pg_prepared_statements WHERE name = %s", (name,)).fetchone()  # fmt: skip
-        type_names = list(row[0]) if row else []
+        if row is None or len(row[0]) != len(self.values):
+            return None
         tx = Transformer(conn)
         texts = tx.dump_sequence(self.values, [PyFormat.TEXT] * len(self.values)) if self.values else []
         encoding = conn.info.encoding
         args: list[pgsql.Composable] = [
             pgsql.SQL("CAST({} AS {})").format(pgsql.NULL if v is None else pgsql.Literal(bytes(v).decode(encoding)),
                                                pgsql.SQL(t))  # a type name the server itself wrote
-            for v, t in zip(texts, type_names, strict=True)
+            for v, t in zip(texts, row[0], strict=True)
         ]  # fmt: skip
         return name, args
 
