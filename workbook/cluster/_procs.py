@@ -7,7 +7,6 @@ killed and the children were re-parented, and how we prove that ``down`` left no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -60,18 +59,15 @@ def send(pid: int, sig: int) -> bool:
 
 
 def kill_all(datadir: Path, timeout: float = 10.0) -> None:
-    """SIGKILL every process serving ``datadir``, wait until they are gone, and remove the shared
-    memory they had mapped (:func:`shm_segments`) and whatever else a postmaster that died without
-    shutting down left behind (:func:`workbook.cluster._ipc.release`)."""
+    """SIGKILL every process serving ``datadir``, wait until they are gone, and release the shared
+    memory a postmaster that died without shutting down left behind (:func:`workbook.cluster._ipc.release`:
+    its System V header and every ``/dev/shm`` segment it listed, as its next start would)."""
     deadline = time.monotonic() + timeout
-    segments: set[Path] = set()
     while True:
         procs = processes_in(datadir)
         if not procs:
-            remove_segments(segments)
             _ipc.release(datadir)
             return
-        segments |= shm_segments(p.pid for p in procs)
         for p in procs:
             send(p.pid, signal.SIGKILL)
         psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
@@ -79,21 +75,13 @@ def kill_all(datadir: Path, timeout: float = 10.0) -> None:
             left = [p.pid for p in processes_in(datadir)]
             if left:
                 raise RuntimeError(f"processes {left} of {str(datadir)!r} survived SIGKILL")
-            remove_segments(segments)
             _ipc.release(datadir)
             return
 
 
-
-
 def shm_segments(pids: Iterable[int]) -> set[Path]:
-    """The ``/dev/shm/PostgreSQL.<handle>`` files these processes have mapped (``/proc/PID/maps``).
-
-    A postmaster removes its dynamic shared memory when it shuts down, or, after a crash, when it
-    starts again on the same data directory. One killed with SIGKILL whose data directory is then
-    dropped (a failover drill's old primary, a destroyed cluster) does neither: its segments stay
-    in ``/dev/shm`` (RAM) until reboot. Read them before the kill; remove them once every process
-    that mapped them is gone."""
+    """The ``/dev/shm/PostgreSQL.<handle>`` files these processes have mapped (``/proc/PID/maps``):
+    what a server holds there, to check that it is freed after the server is gone."""
     found: set[Path] = set()
     for pid in pids:
         try:
@@ -105,13 +93,6 @@ def shm_segments(pids: Iterable[int]) -> set[Path]:
             if len(fields) == 6 and fields[5].startswith(SHM_PREFIX):
                 found.add(Path(fields[5].removesuffix(" (deleted)")))
     return found
-
-
-def remove_segments(paths: Iterable[Path]) -> None:
-    """Unlink shared-memory files whose processes are gone (one already removed is fine)."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def alive(pid: int) -> bool:
