@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from workbook.cluster import LocalCluster, Target, redact_dsn
+from workbook.cluster.target import redact_text
 from workbook.errors import ReadOnlyTarget, TargetError
 
 from .conftest import run_cli
@@ -229,3 +230,12 @@ def test_psql_on_a_stopped_cluster_says_to_start_it(cluster_factory) -> None:
     c.stop()
     line = _one_line_error(run_cli("--home", str(c.home), "psql", "-c", "select 1"))
     assert "is down" in line and "workbook up" in line
+
+
+def test_a_short_password_is_hidden_without_mangling_the_message() -> None:
+    # "p" as the password: every "p" of "primary" and "port" used to become ******** (and spelled the password out)
+    line = _one_line_error(run_cli("--dsn", "postgresql://u:p@127.0.0.1:1/db", "status"))
+    assert "cannot connect to primary" in line and "port=1" in line and "workbook up" in line, line
+    assert "password=********" in line and "********r" not in line, line
+    assert redact_text("the password p was refused; pp and p2 stay", "postgresql://u:p@h/db") == (
+        "the password ******** was refused; pp and p2 stay")

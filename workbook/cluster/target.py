@@ -211,7 +211,10 @@ def redact_text(text: str, *dsns: str) -> str:
         for pw in _secrets_of(dsn):
             secrets.update((pw, quote(pw, safe="")))
     for pw in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(pw, REDACTED)
+        if len(pw) >= 8:  # long enough that it only ever occurs as itself
+            text = text.replace(pw, REDACTED)
+        else:  # a short one ("p") only as a token of its own: not every "p" of "primary" (that spelled it out)
+            text = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(pw)}(?![A-Za-z0-9_])", REDACTED, text)
     return text
 
 
