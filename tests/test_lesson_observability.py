@@ -78,7 +78,11 @@ def test_top_lists_the_workload_shapes_in_order_of_calls(lab: LocalCluster) -> N
     assert list(top["calls"]) == sorted(top["calls"], reverse=True)
     cli = run_cli("top", "--by", "calls", "--json", env={"WORKBOOK_HOME": str(lab.home)})
     assert cli.returncode == 0, cli.stderr
-    listed = [s["shape"] for s in json.loads(cli.stdout)["statements"] if s["shape"]]
+    def no_nan(token: str) -> None:
+        raise AssertionError(f"top --json wrote {token}, which is not JSON (a statement of no shape is null)")
+
+    statements = json.loads(cli.stdout, parse_constant=no_nan)["statements"]
+    listed = [s["shape"] for s in statements if s["shape"]]
     assert listed[:3] == list(weights)
 
 

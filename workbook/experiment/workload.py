@@ -43,7 +43,7 @@ _INTERNAL = re.compile(
     r"|pg_catalog\.|\bpg_stat|\bpg_class\b|\bpg_namespace\b|\bpg_index\b|\bpg_attribute\b|\bpg_locks\b|set_config\(|"
     r"current_setting\(|pg_blocking_pids|pg_database|pg_settings|pg_sleep|pg_backend_pid|version\(\)|pg_is_in_recovery|"
     r"txid_|pg_current_wal|pg_last_wal|information_schema|\bdataset_info\b|\bto_regclass\(|\bpg_extension\b|"
-    r"/\*\s*workbook:",  # the workbook's own bookkeeping, marked (the dataset checksum)
+    r"/\*\s*workbook:|\bpg_prepared_statements\b",  # the workbook's own bookkeeping (the dataset checksum, timed plans)
     re.I,
 )  # fmt: skip
 
@@ -111,6 +111,8 @@ def top_statements(target: Target, *, order: str = "total", limit: int = 10, int
         })  # fmt: skip
     cols = ["queryid", "shape", "calls", "total_ms", "mean_ms", "rows", "hit_ratio", "query"]
     frame = pd.DataFrame(out, columns=cols)
+    # a statement of no catalog shape is None (JSON null), not the NaN a string column would make of it
+    frame["shape"] = pd.Series([r["shape"] for r in out], index=frame.index, dtype=object)
     frame.attrs["hidden"] = hidden
     frame.attrs["hidden_ms"] = round(hidden_ms, 3)
     frame.attrs["hidden_note"] = hidden_note(role, hidden, hidden_ms)
