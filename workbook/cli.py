@@ -1148,8 +1148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # what a shell shows for a writer ended by SIGPIPE
     except KeyboardInterrupt:
-        # on its own line: after the terminal's ^C, or a progress line that ends in \r
-        print("\ninterrupted" if sys.stderr.isatty() else "interrupted", file=sys.stderr)
+        # on its own line: after the terminal's ^C, or a progress line that ends in \r (also in a log file)
+        print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if not _is_psycopg_error(exc):

@@ -159,8 +159,9 @@ def _generic_plan(plan: Plan) -> Finding | None:
         "generic_plan", "info", None, "plan cache",
         "timed as a prepared statement, which PostgreSQL runs with this generic plan from its sixth execution on;"
         f" for these values alone it would choose another: {cache['custom_plan']}",
-        "an application that prepares statements (psycopg after 5 executions, pgbench -M prepared) gets this plan;"
-        " SET plan_cache_mode = force_custom_plan (per role or session), or unprepared statements, get the other",
+        "SET plan_cache_mode = force_custom_plan (per role or session), or send the statement unprepared, when the"
+        " plan for each call's values is the better one: an application that prepares statements (psycopg after"
+        " 5 executions, pgbench -M prepared) gets this generic plan",
     )  # fmt: skip
 
 
@@ -176,8 +177,8 @@ def findings(plan: Plan) -> list[Finding]:
             if f is not None:
                 out.append(f)
     if (plan.raw.get("Workbook") or {}).get("plan_cache") == "generic":  # estimated without the parameter values
-        out = [replace(f, knob=f"{f.knob}; but this is a generic plan, estimated without the parameter values: "
-                               "see the plan for these values (plan_cache_mode = force_custom_plan) first")
+        out = [replace(f, knob=f"{f.knob}, after comparing the plan for these values (plan_cache_mode ="
+                               " force_custom_plan): this generic plan was estimated without the parameter values")
                if f.rule == "row_misestimate" else f for f in out]  # fmt: skip
     for whole in (_jit, _generic_plan):
         found = whole(plan)

@@ -391,8 +391,9 @@ def scaling_note(arms: dict[str, dict[str, Any]], clients: int) -> str | None:
         return None  # without a budget every node competes for the same CPUs: the setup step says so
     if min(shares) < 0.5:
         return (f"{speedup:.2f}x with {nodes} nodes, but the nodes used their whole CPU budget in only "
-                f"{min(shares):.0%}-{max(shares):.0%} of its periods: this machine's CPUs, busy with other work, "
-                f"were the limit, not the budgets, so this is not what {nodes} separate machines would show; "
+                f"{min(shares):.0%}-{max(shares):.0%} of its periods: the machine's CPUs, shared by every node, the "
+                "load generator and other work, were the limit, not the budgets, so neither this figure nor which "
+                f"side of {nodes}x it falls on is what {nodes} separate machines would show; "
                 "run it again on a quieter machine")  # fmt: skip
     at = " (every node used its whole CPU budget in most quota periods in both arms)"
     if speedup > nodes * 1.05:
@@ -832,7 +833,7 @@ def charts(outputs: dict[str, Any]) -> dict[str, Any]:
 LESSON = Lesson(
     name="replicas",
     title="Read replicas: read scaling, lag, stale reads, synchronous commit and failover",
-    claim="Measured on real streaming replicas, each node in its own CPU budget: read TPS and p95 on the primary "
+    claim="Measured on real streaming replicas, each node in its own CPU budget where this machine allows it: read TPS and p95 on the primary "
           "alone against + 1 and + 2 replicas; how far a bulk insert of messages puts the replicas behind, in bytes "
           "and seconds; how many reads right after a write miss it with async replication, with remote_apply and "
           "with LSN-wait, and what each costs in commit latency; and how many acknowledged writes a kill -9 "

@@ -118,7 +118,7 @@ def _environment(comps: list[Comparison]) -> str:
         ("host", f"{host.get('platform')}, {host.get('cpus')} CPUs, {host.get('memory_gb')} GB, Python {host.get('python')}, load {host.get('load_average_1m')}"),
     ]
     if ctx.get("cpu_pinning"):  # older results did not record it
-        rows.append(("arms' server processes", ctx["cpu_pinning"]))
+        rows.append(("CPU of the compared sessions' servers", ctx["cpu_pinning"]))
     settings = ctx.get("settings") or {}
     rows += [(f"setting {k}", v) for k, v in sorted(settings.items())]
     return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
@@ -316,7 +316,8 @@ def _num_class(value: Any) -> str:
 def _value_text(label: str, value: Any) -> str:
     if isinstance(value, (list, tuple)):
         shown = ", ".join(map(str, value[:_LIST_ITEMS]))
-        return f"{shown}, … ({len(value):,} in all)" if len(value) > _LIST_ITEMS else (shown or "(none)")
+        # "listed", not "in all": a list may itself be a sample (the drill keeps 50 of its lost ids)
+        return f"{shown}, … ({len(value):,} listed)" if len(value) > _LIST_ITEMS else (shown or "(none)")
     return cell(label.replace(" / ", "_").replace(".", "_"), value)
 
 
